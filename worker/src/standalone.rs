@@ -1,0 +1,135 @@
+//! `drover-worker "<url>"`: one tunnel from the command line.
+//!
+//! 1. Parse the URL (exit 2 with one line naming the part on error).
+//! 2. Run the engine, printing the stats line every [`STATS_INTERVAL`].
+//! 3. SIGTERM/SIGINT: stop accepting, drain up to [`GRACE`], print the final
+//!    stats line, exit 0. A fatal engine error exits 1.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::spec::{LogLevel, TunnelSpec};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+use crate::tunnel::{Engine, LocalBinder};
+
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long open sessions may finish after a stop signal.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Parses `url` or explains in one line why not.
+pub fn parse(url: &str) -> Result<TunnelSpec, String> {
+    TunnelSpec::parse(url).map_err(|e| format!("invalid url: {e}"))
+}
+
+/// Runs one tunnel until a stop signal.
+pub fn run(spec: TunnelSpec) -> ExitCode {
+    let level = spec.params.log;
+    crate::logging::init(level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let engine = Engine::new(spec, Arc::new(LocalBinder), None);
+        let stats = engine.stats();
+        let stop = CancellationToken::new();
+        let printer = tokio::spawn(print_stats(stats.clone(), level));
+        let signals = tokio::spawn(wait_for_signal(stop.clone()));
+        let res = engine.run(stop, GRACE).await;
+        printer.abort();
+        signals.abort();
+        if level != LogLevel::None {
+            print_line(&stats);
+        }
+        match res {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(cause = %e, "tunnel failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal(stop: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    stop.cancel();
+}
+
+async fn print_stats(stats: Arc<Stats>, level: LogLevel) {
+    if level == LogLevel::None {
+        return;
+    }
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        print_line(&stats);
+    }
+}
+
+fn print_line(stats: &Stats) {
+    // Stats are NodePass's EVENT level: shown at every log level but `none`.
+    eprintln!(
+        "{} EVENT {}",
+        humantime_now(),
+        stats.snapshot().check_point()
+    );
+}
+
+/// RFC 3339 UTC time with microseconds, like the log lines.
+fn humantime_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        now.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known dates convert correctly.
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

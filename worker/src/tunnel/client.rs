@@ -1,0 +1,302 @@
+//! The client end.
+//!
+//! - Single-end (mode 1, or mode 0 when the tunnel address binds here): the
+//!   tunnel address is the entrance and targets are dialled directly.
+//! - Dual-end: connect to the server, authenticate, and keep a pool of
+//!   pre-dialled links so a user connection costs no tunnel round trip. The
+//!   pool starts at `min`, doubles (up to the server's `max`) when the
+//!   entrance had to wait, and shrinks back slowly. When the session is lost
+//!   the client reconnects with backoff; the process never exits on its own.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::control::{self, Hooks};
+use super::entrance::{self, Opener};
+use super::exit::{self, Waiting};
+use super::link::Link;
+use super::pool::IdlePool;
+use super::tls::ClientTls;
+use super::wire::{self, Flow, SessionConfig};
+use super::{Ctx, TunnelError, udp};
+
+/// Reconnect backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Pool links dialled at once.
+const DIAL_PARALLEL: usize = 8;
+/// How often an unstarved pool shrinks by a quarter (not below `min`).
+const POOL_DECAY: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelError> {
+    let p = &ctx.spec.params;
+    if p.mode != 2 {
+        match bind_entrance(&ctx, &ctx.spec.tunnel, !p.notcp, !p.noudp).await {
+            Ok(e) => return single_end(ctx.clone(), e, stop).await,
+            Err(e) if p.mode == 1 => return Err(e),
+            Err(e) => tracing::info!(cause = %e, "tunnel address does not bind here; running dual-end"),
+        }
+    }
+    dual_end(ctx, stop).await
+}
+
+type Entrance = (Option<tokio::net::TcpListener>, Option<tokio::net::UdpSocket>);
+
+async fn bind_entrance(ctx: &Ctx, addr: &proto::spec::HostPort, tcp: bool, udp: bool) -> Result<Entrance, TunnelError> {
+    let t = if tcp { Some(ctx.binder.tcp(addr).await?) } else { None };
+    let u = if udp { Some(ctx.binder.udp(addr).await?) } else { None };
+    Ok((t, u))
+}
+
+/// Serves the entrance listeners with `opener` until `stop`.
+fn spawn_entrance(ctx: &Arc<Ctx>, (tcp, udp_sock): Entrance, opener: Opener, stop: &CancellationToken) {
+    let mut parts = Vec::new();
+    if let Some(l) = tcp {
+        parts.push(format!("tcp={}", l.local_addr().map(|a| a.to_string()).unwrap_or_default()));
+        tokio::spawn(entrance::serve_tcp(l, ctx.clone(), opener.clone(), stop.clone()));
+    }
+    if let Some(s) = udp_sock {
+        parts.push(format!("udp={}", s.local_addr().map(|a| a.to_string()).unwrap_or_default()));
+        tokio::spawn(udp::serve_entrance(s, ctx.clone(), opener, stop.clone()));
+    }
+    tracing::info!(listening = parts.join(" "), targets = ctx.dialer.describe(), "entrance listening");
+}
+
+async fn single_end(ctx: Arc<Ctx>, entrance: Entrance, stop: CancellationToken) -> Result<(), TunnelError> {
+    ctx.stats.mode.store(1, Relaxed);
+    spawn_entrance(&ctx, entrance, Opener::Direct, &stop);
+    stop.cancelled().await;
+    Ok(())
+}
+
+/// Exponential backoff with jitter.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        d.mul_f64(rand::random_range(0.75..1.25))
+    }
+}
+
+/// Dials the server and runs through preamble and TLS.
+async fn open_link(ctx: &Ctx, tls: &ClientTls) -> Result<(Link, [u8; 16]), TunnelError> {
+    let server = ctx.spec.tunnel.to_string();
+    let host = if ctx.spec.tunnel.host.is_empty() { "127.0.0.1" } else { &ctx.spec.tunnel.host };
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, ctx.spec.tunnel.port)))
+        .await
+        .map_err(|_| TunnelError::peer(&server, "connect timed out"))?
+        .map_err(|e| TunnelError::peer(&server, format!("connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let offer = tokio::time::timeout(wire::HANDSHAKE_TIMEOUT, wire::client_preamble(&mut tcp, &server))
+        .await
+        .map_err(|_| TunnelError::peer(&server, "handshake timed out"))??;
+    let want = ctx.spec.params.tls;
+    if offer.tls < want {
+        return Err(TunnelError::peer(
+            &server,
+            format!("offers tls={} but this client requires tls={want}; refusing a downgrade", offer.tls),
+        ));
+    }
+    let link = if offer.tls == 0 {
+        Link::Plain(tcp)
+    } else {
+        let (connector, name) = tls.connector(offer.tls)?;
+        let stream = tokio::time::timeout(wire::HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| TunnelError::peer(&server, "tls handshake timed out"))?
+            .map_err(|e| TunnelError::peer(&server, format!("tls handshake failed: {e}")))?;
+        Link::TlsClient(Box::new(stream))
+    };
+    Ok((link, offer.nonce))
+}
+
+/// A session's authenticated state, shared by its pool dialers.
+struct Session {
+    cfg: SessionConfig,
+    key: [u8; 32],
+}
+
+async fn dual_end(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelError> {
+    ctx.stats.mode.store(2, Relaxed);
+    let p = &ctx.spec.params;
+    let tls = ClientTls {
+        fp: p.fp.clone(),
+        sni: p.sni.clone(),
+        ca_file: p.crt.clone(),
+        tunnel_host: ctx.spec.tunnel.host.clone(),
+    };
+    let pool = IdlePool::new(ctx.stats.clone());
+    let waiting: Arc<Waiting> = Arc::default();
+    let mut entrance_up = false;
+    let mut backoff = Backoff(BACKOFF_MIN);
+    let server = ctx.spec.tunnel.to_string();
+    while !stop.is_cancelled() {
+        match connect(&ctx, &tls).await {
+            Ok((control_link, session)) => {
+                backoff = Backoff(BACKOFF_MIN);
+                let cfg = session.cfg;
+                tracing::info!(server, flow = ?cfg.flow, "tunnel up");
+                if cfg.flow == Flow::Forward && !entrance_up {
+                    let (tcp, udp) = (cfg.tcp && !p.notcp, cfg.udp && !p.noudp);
+                    match bind_entrance(&ctx, &ctx.spec.targets[0], tcp, udp).await {
+                        Ok(e) => {
+                            spawn_entrance(&ctx, e, Opener::Tunnel(pool.clone()), &stop);
+                            entrance_up = true;
+                        }
+                        Err(e) => tracing::error!(cause = %e, "cannot bind the entrance; retrying"),
+                    }
+                }
+                let token = stop.child_token();
+                let why = run_session(&ctx, &tls, control_link, Arc::new(session), &pool, &waiting, &token).await;
+                token.cancel();
+                pool.flush();
+                ctx.stats.ping.store(0, Relaxed);
+                if stop.is_cancelled() {
+                    break;
+                }
+                tracing::warn!(server, why, "tunnel down; reconnecting");
+            }
+            Err(e) => tracing::warn!(cause = %e, "tunnel connect failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(backoff.next()) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn connect(ctx: &Ctx, tls: &ClientTls) -> Result<(Link, Session), TunnelError> {
+    let (mut link, sn) = open_link(ctx, tls).await?;
+    let key = ctx.spec.tunnel_key();
+    let server = ctx.spec.tunnel.to_string();
+    let (cfg, key) = tokio::time::timeout(
+        wire::HANDSHAKE_TIMEOUT,
+        wire::client_control(&mut link, key.expose().as_bytes(), &sn, &server),
+    )
+    .await
+    .map_err(|_| TunnelError::peer(&server, "handshake timed out"))??;
+    Ok((link, Session { cfg, key }))
+}
+
+/// Runs the control link and the pool filler until either ends.
+async fn run_session(
+    ctx: &Arc<Ctx>,
+    tls: &ClientTls,
+    control_link: Link,
+    session: Arc<Session>,
+    pool: &Arc<IdlePool>,
+    waiting: &Arc<Waiting>,
+    token: &CancellationToken,
+) -> String {
+    let peer_starved = Arc::new(Notify::new());
+    let hooks = Hooks {
+        send_starved: None,
+        on_starved: Some(peer_starved.clone()),
+    };
+    tokio::select! {
+        why = control::run(control_link, &ctx.stats, hooks, token) => why,
+        why = fill(ctx, tls, &session, pool, waiting, &peer_starved, token) => why,
+    }
+}
+
+/// Keeps `capacity` idle links dialled and authenticated.
+async fn fill(
+    ctx: &Arc<Ctx>,
+    tls: &ClientTls,
+    session: &Arc<Session>,
+    pool: &Arc<IdlePool>,
+    waiting: &Arc<Waiting>,
+    peer_starved: &Notify,
+    token: &CancellationToken,
+) -> String {
+    let min = ctx.spec.params.min.min(session.cfg.max).max(1) as usize;
+    let max = session.cfg.max.max(1) as usize;
+    let mut capacity = min;
+    let mut starved_recently = false;
+    let mut dials: JoinSet<Result<Link, (u8, String)>> = JoinSet::new();
+    let mut failures = 0u32;
+    let mut decay = tokio::time::interval(POOL_DECAY);
+    decay.tick().await;
+    let forward = session.cfg.flow == Flow::Forward;
+    loop {
+        let idle = if forward { pool.len() } else { waiting.count.load(Relaxed) as usize };
+        while idle + dials.len() < capacity && dials.len() < DIAL_PARALLEL {
+            let (ctx, tls, session) = (ctx.clone(), tls.clone(), session.clone());
+            dials.spawn(async move { dial_pool(&ctx, &tls, &session).await });
+        }
+        let grow = |capacity: &mut usize| {
+            let new = (*capacity * 2).min(max);
+            if new > *capacity {
+                tracing::debug!(capacity = new, "pool grows");
+            }
+            *capacity = new;
+        };
+        tokio::select! {
+            () = token.cancelled() => return "stopped".into(),
+            Some(done) = dials.join_next() => match done {
+                Ok(Ok(link)) => {
+                    failures = 0;
+                    if forward {
+                        pool.push(link);
+                    } else {
+                        let fut = exit::serve_link(link, ctx.clone(), waiting.clone(), token.clone());
+                        ctx.spawn_session(fut);
+                    }
+                }
+                Ok(Err((status, why))) => {
+                    if status == wire::STATUS_NO_SESSION {
+                        return "server no longer knows this session".into();
+                    }
+                    if status == wire::STATUS_POOL_FULL {
+                        capacity = idle.max(1);
+                    }
+                    failures += 1;
+                    tracing::debug!(why, failures, "pool connection failed");
+                    let pause = BACKOFF_MIN * failures.min(20);
+                    tokio::select! {
+                        () = token.cancelled() => return "stopped".into(),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) => return format!("pool dialer crashed: {e}"),
+            },
+            () = pool.left.notified(), if forward => {}
+            () = pool.starved.notified(), if forward => { starved_recently = true; grow(&mut capacity); }
+            () = waiting.used.notified(), if !forward => {}
+            () = peer_starved.notified() => { starved_recently = true; grow(&mut capacity); }
+            _ = decay.tick() => {
+                if !starved_recently && capacity > min {
+                    capacity = (capacity - capacity / 4).max(min);
+                }
+                starved_recently = false;
+            }
+        }
+    }
+}
+
+/// One pool link: connect, preamble, TLS, session proof.
+async fn dial_pool(ctx: &Ctx, tls: &ClientTls, session: &Session) -> Result<Link, (u8, String)> {
+    let (mut link, sn) = open_link(ctx, tls).await.map_err(|e| (255, e.to_string()))?;
+    let status = tokio::time::timeout(
+        wire::HANDSHAKE_TIMEOUT,
+        wire::client_pool(&mut link, &session.cfg.id, &session.key, &sn),
+    )
+    .await
+    .map_err(|_| (255, "pool handshake timed out".to_string()))?
+    .map_err(|e| (255, e.to_string()))?;
+    if status == wire::STATUS_OK {
+        Ok(link)
+    } else {
+        Err((status, format!("server refused the pool connection (status {status})")))
+    }
+}

@@ -1,0 +1,91 @@
+//! The control link of a dual-end session: heartbeats both ways (RTT into
+//! `ping`), starvation signals, and liveness — a peer silent for
+//! [`SILENCE_LIMIT`] ends the session.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::link::Link;
+use super::wire::Control;
+use crate::stats::Stats;
+
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_us() -> u64 {
+    EPOCH.elapsed().as_micros() as u64
+}
+
+/// What the session does with signals from the peer.
+pub struct Hooks {
+    /// Notified to send a `Starved` frame to the peer (entrance side).
+    pub send_starved: Option<Arc<Notify>>,
+    /// Notified when the peer says it starved (client side).
+    pub on_starved: Option<Arc<Notify>>,
+}
+
+/// Runs the control link until it fails, goes silent, or `token` is cancelled.
+/// Returns why it ended.
+pub async fn run(link: Link, stats: &Stats, hooks: Hooks, token: &CancellationToken) -> String {
+    let (mut r, mut w) = tokio::io::split(link);
+    let (tx, mut rx) = mpsc::channel::<Control>(16);
+    let reader = async {
+        loop {
+            let mut b = [0u8; 9];
+            match tokio::time::timeout(SILENCE_LIMIT, r.read_exact(&mut b)).await {
+                Err(_) => return format!("peer silent for {} s", SILENCE_LIMIT.as_secs()),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return "peer closed the control connection".to_string();
+                }
+                Ok(Err(e)) => return format!("control connection lost: {e}"),
+                Ok(Ok(_)) => {}
+            }
+            match Control::decode(b) {
+                Ok(Control::Ping(v)) => {
+                    let _ = tx.try_send(Control::Pong(v));
+                }
+                Ok(Control::Pong(v)) => {
+                    let rtt_ms = now_us().saturating_sub(v) / 1000;
+                    stats.ping.store(rtt_ms, Relaxed);
+                }
+                Ok(Control::Starved(_)) => {
+                    if let Some(n) = &hooks.on_starved {
+                        n.notify_one();
+                    }
+                }
+                Err(e) => return format!("peer sent a bad control frame: {e}"),
+            }
+        }
+    };
+    let writer = async {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        let never = Notify::new();
+        let starved = hooks.send_starved.as_deref().unwrap_or(&never);
+        loop {
+            let msg = tokio::select! {
+                _ = tick.tick() => Control::Ping(now_us()),
+                Some(m) = rx.recv() => m,
+                () = starved.notified() => Control::Starved(1),
+            };
+            if let Err(e) = w.write_all(&msg.encode()).await {
+                return format!("control connection lost: {e}");
+            }
+            if let Err(e) = w.flush().await {
+                return format!("control connection lost: {e}");
+            }
+        }
+    };
+    tokio::select! {
+        why = reader => why,
+        why = writer => why,
+        () = token.cancelled() => "stopped".to_string(),
+    }
+}

@@ -1,0 +1,113 @@
+//! The entrance: where users connect. Each accepted connection is checked
+//! (`slot`, `block`), given an outbound path — the target itself
+//! (single-end) or an idle pool link with a session header (tunnel) — and
+//! relayed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use super::exit;
+use super::link::Link;
+use super::pool::IdlePool;
+use super::relay::{self, Counters};
+use super::wire::{Header, HeaderKind};
+use crate::stats::Proto;
+
+/// How the entrance reaches the exit.
+#[derive(Clone)]
+pub enum Opener {
+    /// Single-end: dial the target from here.
+    Direct,
+    /// Dual-end: a pool link to the other tunnel end.
+    Tunnel(Arc<IdlePool>),
+}
+
+impl Opener {
+    /// Takes a pool link and starts a session of `kind` on it.
+    pub async fn tunnel_link(pool: &IdlePool, kind: HeaderKind, session: u32, peer: SocketAddr) -> Option<Link> {
+        let mut link = pool.take().await?;
+        let header = Header {
+            kind,
+            session,
+            remote: peer.to_string(),
+        }
+        .encode();
+        match link.write_all(&header).await {
+            Ok(()) => Some(link),
+            Err(e) => {
+                tracing::debug!(cause = %e, "pool link broke at the session header");
+                None
+            }
+        }
+    }
+}
+
+/// Accepts until `stop`; accept errors back off instead of spinning.
+pub async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>, opener: Opener, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((user, peer)) => {
+                backoff = Duration::from_millis(10);
+                let (ctx2, opener) = (ctx.clone(), opener.clone());
+                ctx.spawn_session(handle(user, peer, ctx2, opener));
+            }
+            Err(e) => {
+                // Out of fds or similar: keep the listener, slow down.
+                tracing::warn!(cause = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
+    let Some(_slot) = ctx.slots.try_acquire() else {
+        tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");
+        return;
+    };
+    let _ = user.set_nodelay(true);
+    let block = ctx.spec.params.block;
+    if block.any()
+        && let Some(what) = super::block::check(&user, block).await
+    {
+        tracing::warn!(%peer, protocol = what, "blocked protocol on the entrance; connection refused");
+        return;
+    }
+    let _session = ctx.stats.session(Proto::Tcp);
+    let seq = ctx.next_seq();
+    let remote = match &opener {
+        Opener::Direct => match exit::connect_target(&ctx, peer).await {
+            Ok(t) => Link::Plain(t),
+            Err(e) => {
+                tracing::warn!(%peer, session = seq, cause = %e, "target unreachable; connection closed");
+                return;
+            }
+        },
+        Opener::Tunnel(pool) => match Opener::tunnel_link(pool, HeaderKind::Tcp, seq, peer).await {
+            Some(link) => link,
+            None => {
+                tracing::warn!(%peer, session = seq, "no tunnel connection available within 5 s; connection closed");
+                return;
+            }
+        },
+    };
+    tracing::debug!(%peer, session = seq, "session open");
+    let (rx, tx) = ctx.stats.traffic(Proto::Tcp);
+    let res = relay::relay(user, remote, Counters { rx, tx }, &ctx.relay).await;
+    match res {
+        Ok(()) => tracing::debug!(%peer, session = seq, "session closed"),
+        Err(e) => tracing::debug!(%peer, session = seq, cause = %e, "session ended"),
+    }
+}

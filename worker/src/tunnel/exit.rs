@@ -1,0 +1,97 @@
+//! The exit: where sessions leave the tunnel for a target. A pool link
+//! waits for its session header, then dials a target (with the PROXY header
+//! when asked) and relays.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::link::Link;
+use super::relay::{self, Counters};
+use super::wire::{Header, HeaderKind};
+use super::{Ctx, TunnelError, proxy_header, udp};
+use crate::stats::Proto;
+
+/// Pool links waiting at the exit for a session (the client refills on `used`).
+#[derive(Default)]
+pub struct Waiting {
+    pub count: AtomicU64,
+    pub used: Notify,
+}
+
+/// Dials a target for a user at `user` and sends the PROXY header if asked.
+pub async fn connect_target(ctx: &Ctx, user: SocketAddr) -> Result<TcpStream, TunnelError> {
+    let (mut target, addr, took) = ctx.dialer.tcp().await?;
+    if ctx.stats.mode.load(Relaxed) == 1 && ctx.spec.role == proto::Role::Client {
+        // Single-end: ping is the connect time to the target, as NodePass reports it.
+        ctx.stats.ping.store(took.as_millis() as u64, Relaxed);
+    }
+    let header = match ctx.spec.params.proxy {
+        1 => Some(proxy_header::v1(user, addr)),
+        2 => Some(proxy_header::v2(user, addr)),
+        _ => None,
+    };
+    if let Some(h) = header {
+        target.write_all(&h).await.map_err(|e| TunnelError::Target {
+            addr: addr.to_string(),
+            reason: format!("writing the PROXY header: {e}"),
+        })?;
+    }
+    Ok(target)
+}
+
+/// Serves one authenticated pool link at the exit.
+pub async fn serve_link(mut link: Link, ctx: Arc<Ctx>, waiting: Arc<Waiting>, session: CancellationToken) {
+    waiting.count.fetch_add(1, Relaxed);
+    ctx.stats.pool.store(waiting.count.load(Relaxed), Relaxed);
+    let header = tokio::select! {
+        h = Header::read(&mut link) => h,
+        () = session.cancelled() => Err(std::io::Error::other("session over")),
+    };
+    waiting.count.fetch_sub(1, Relaxed);
+    ctx.stats.pool.store(waiting.count.load(Relaxed), Relaxed);
+    waiting.used.notify_one();
+    let header = match header {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(cause = %e, "idle pool link closed");
+            return;
+        }
+    };
+    let user: SocketAddr = match header.remote.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            tracing::warn!(remote = %header.remote, "session header carries a bad address; closed");
+            return;
+        }
+    };
+    let Some(_slot) = ctx.slots.try_acquire() else {
+        tracing::warn!(%user, limit = ctx.spec.params.slot, "slot limit reached; session refused");
+        return;
+    };
+    match header.kind {
+        HeaderKind::Tcp => {
+            let _s = ctx.stats.session(Proto::Tcp);
+            let target = match connect_target(&ctx, user).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%user, session = header.session, cause = %e, "target unreachable; session closed");
+                    return;
+                }
+            };
+            let (rx, tx) = ctx.stats.traffic(Proto::Tcp);
+            if let Err(e) = relay::relay(target, link, Counters { rx, tx }, &ctx.relay).await {
+                tracing::debug!(%user, session = header.session, cause = %e, "session ended");
+            }
+        }
+        HeaderKind::Udp => {
+            let _s = ctx.stats.session(Proto::Udp);
+            udp::exit_session(link, &ctx, user, header.session).await;
+        }
+    }
+}

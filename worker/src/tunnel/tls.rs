@@ -1,0 +1,281 @@
+//! TLS for tunnel connections (rustls, TLS 1.3 only, ring provider).
+//!
+//! - Server `tls=1`: a self-signed certificate (made here, or handed in by the
+//!   master so the fingerprint survives restarts); its SHA-256 is logged.
+//! - Server `tls=2`: `crt`/`key` files, reloaded when they change on disk.
+//! - Client: with `fp=` the server's leaf certificate must hash to it; at
+//!   `tls=2` the chain is verified against the system roots plus the client's
+//!   `crt=` file, for the name in `sni=`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use super::error::TunnelError;
+
+/// PEM certificate chain and private key.
+#[derive(Clone)]
+pub struct Material {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Material {
+    /// A fresh self-signed certificate for `tls=1`.
+    pub fn self_signed() -> Result<Self, TunnelError> {
+        let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
+            .map_err(|e| TunnelError::Config(format!("self-signed certificate: {e}")))?;
+        Ok(Self {
+            cert_pem: ck.cert.pem(),
+            key_pem: ck.signing_key.serialize_pem(),
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `sha256:<hex>` of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+fn certified(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Arc<CertifiedKey>, TunnelError> {
+    let bad = |e: String| TunnelError::Config(format!("{what}: {e}"));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("certificate PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in the PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad(format!("private key PEM: {e}")))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(format!("private key: {e}")))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match().map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+    Ok(Arc::new(ck))
+}
+
+/// Where the server's certificate comes from.
+#[derive(Debug)]
+enum Source {
+    Fixed(Arc<CertifiedKey>),
+    Files {
+        crt: PathBuf,
+        key: PathBuf,
+        state: Mutex<(Arc<CertifiedKey>, Option<SystemTime>, Option<SystemTime>)>,
+    },
+}
+
+/// Serves the current certificate, re-reading `crt`/`key` when either changes.
+#[derive(Debug)]
+struct Resolver(Source);
+
+fn mtime(p: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match &self.0 {
+            Source::Fixed(ck) => Some(ck.clone()),
+            Source::Files { crt, key, state } => {
+                let mut st = state.lock().ok()?;
+                let (mc, mk) = (mtime(crt), mtime(key));
+                if (mc, mk) != (st.1, st.2) {
+                    match load_files(crt, key) {
+                        Ok(ck) => {
+                            tracing::info!(crt = %crt.display(), "tls certificate reloaded");
+                            *st = (ck, mc, mk);
+                        }
+                        Err(e) => {
+                            tracing::warn!(cause = %e, "tls certificate reload failed; keeping the old one");
+                            st.1 = mc;
+                            st.2 = mk;
+                        }
+                    }
+                }
+                Some(st.0.clone())
+            }
+        }
+    }
+}
+
+fn load_files(crt: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, TunnelError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| TunnelError::Config(format!("read {}: {e}", p.display())))
+    };
+    certified(&read(crt)?, &read(key)?, &format!("tls=2 {}", crt.display()))
+}
+
+/// Server-side TLS: the acceptor and the fingerprint to show.
+pub struct ServerTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub fingerprint: String,
+}
+
+impl ServerTls {
+    /// `tls=1` from given (or fresh) material.
+    pub fn self_signed(material: &Material) -> Result<Self, TunnelError> {
+        let ck = certified(material.cert_pem.as_bytes(), material.key_pem.as_bytes(), "tls=1")?;
+        Self::build(Source::Fixed(ck))
+    }
+
+    /// `tls=2` from files, reloaded on change.
+    pub fn files(crt: &str, key: &str) -> Result<Self, TunnelError> {
+        let (crt, key) = (PathBuf::from(crt), PathBuf::from(key));
+        let ck = load_files(&crt, &key)?;
+        let state = Mutex::new((ck, mtime(&crt), mtime(&key)));
+        Self::build(Source::Files { crt, key, state })
+    }
+
+    fn build(source: Source) -> Result<Self, TunnelError> {
+        let leaf = match &source {
+            Source::Fixed(ck) => ck.cert[0].clone(),
+            Source::Files { state, .. } => state.lock().expect("fresh lock").0.cert[0].clone(),
+        };
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TunnelError::Config(format!("tls: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(source)));
+        // Idle pool links must carry no bytes (see Link::is_alive).
+        cfg.send_tls13_tickets = 0;
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            fingerprint: fingerprint(&leaf),
+        })
+    }
+}
+
+/// Client-side TLS settings from the client URL.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub fp: Option<String>,
+    pub sni: Option<String>,
+    pub ca_file: Option<String>,
+    pub tunnel_host: String,
+}
+
+impl ClientTls {
+    /// A connector and server name for the mode the server announced.
+    pub fn connector(&self, mode: u8) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TunnelError> {
+        let name_text = match (&self.sni, mode) {
+            (Some(s), _) => s.clone(),
+            (None, 2) if self.tunnel_host.parse::<std::net::IpAddr>().is_err() && !self.tunnel_host.is_empty() => {
+                self.tunnel_host.clone()
+            }
+            (None, 2) => {
+                return Err(TunnelError::Config(
+                    "server uses tls=2 but the tunnel address is an IP: set sni=<certificate name>".into(),
+                ));
+            }
+            (None, _) => "drover".into(),
+        };
+        let name = ServerName::try_from(name_text.clone())
+            .map_err(|e| TunnelError::Config(format!("sni {name_text:?}: {e}")))?;
+        let verifier: Arc<dyn ServerCertVerifier> = if mode == 2 {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if let Some(ca) = &self.ca_file {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                    .and_then(|it| it.collect())
+                    .map_err(|e| TunnelError::Config(format!("crt {ca}: {e}")))?;
+                for c in certs {
+                    roots
+                        .add(c)
+                        .map_err(|e| TunnelError::Config(format!("crt {ca}: {e}")))?;
+                }
+            }
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TunnelError::Config(format!("tls=2 roots: {e}")))?;
+            Arc::new(Pinned {
+                fp: self.fp.clone(),
+                chain: Some(webpki),
+                algs: provider().signature_verification_algorithms,
+            })
+        } else {
+            Arc::new(Pinned {
+                fp: self.fp.clone(),
+                chain: None,
+                algs: provider().signature_verification_algorithms,
+            })
+        };
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TunnelError::Config(format!("tls: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+    }
+}
+
+/// Checks the pinned fingerprint (when set) and the chain (at `tls=2`).
+#[derive(Debug)]
+struct Pinned {
+    fp: Option<String>,
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(chain) = &self.chain {
+            chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        }
+        if let Some(want) = &self.fp {
+            let got = fingerprint(end_entity);
+            if &got != want {
+                return Err(rustls::Error::General(format!(
+                    "fingerprint mismatch: server certificate is sha256:{got}, fp= pins sha256:{want}"
+                )));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
