@@ -1,9 +1,16 @@
 //! A string that never reaches a log: `Debug` and `Display` print a redaction.
+//!
+//! On the wire (serde) it is the plain string: the control protocol must carry
+//! the tunnel key and TLS private key to the worker, only logs must not.
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// A secret value (tunnel key, API key). Compare with [`Secret::ct_eq`].
-#[derive(Clone, PartialEq, Eq, Default)]
+/// Serializes as the bare string (`#[serde(transparent)]`).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -51,5 +58,15 @@ mod tests {
         assert!(s.ct_eq(b"hunter2"));
         assert!(!s.ct_eq(b"hunter3"));
         assert!(!s.ct_eq(b"hunter"));
+    }
+
+    /// On the wire a secret is its bare string, both ways.
+    #[test]
+    fn serde_is_transparent() {
+        let s = Secret::new("hunter2");
+        let json = serde_json::to_string(&s).expect("serialize");
+        assert_eq!(json, r#""hunter2""#);
+        let back: Secret = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
     }
 }
