@@ -18,7 +18,9 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("drover-worker: usage: drover-worker \"server://[KEY@]HOST:PORT/TARGET?params\" | \"client://…\"");
+            eprintln!(
+                "drover-worker: usage: drover-worker \"server://[KEY@]HOST:PORT/TARGET?params\" | \"client://…\""
+            );
             ExitCode::from(2)
         }
     }

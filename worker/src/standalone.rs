@@ -29,7 +29,10 @@ pub fn parse(url: &str) -> Result<TunnelSpec, String> {
 pub fn run(spec: TunnelSpec) -> ExitCode {
     let level = spec.params.log;
     crate::logging::init(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover-worker: cannot start the runtime: {e}");
@@ -42,7 +45,11 @@ pub fn run(spec: TunnelSpec) -> ExitCode {
         let stop = CancellationToken::new();
         let printer = tokio::spawn(print_stats(stats.clone(), level));
         let signals = tokio::spawn(wait_for_signal(stop.clone()));
-        let res = engine.run(stop, GRACE).await;
+        engine.grace_handle().store(
+            GRACE.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let res = engine.run(stop).await;
         printer.abort();
         signals.abort();
         if level != LogLevel::None {
@@ -59,7 +66,10 @@ pub fn run(spec: TunnelSpec) -> ExitCode {
 }
 
 async fn wait_for_signal(stop: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -74,7 +74,8 @@ impl Stats {
         let idle_ms = if tcps + udps > 0 {
             0
         } else {
-            self.now_ms().saturating_sub(self.last_active_ms.load(Relaxed))
+            self.now_ms()
+                .saturating_sub(self.last_active_ms.load(Relaxed))
         };
         Snapshot {
             mode: self.mode.load(Relaxed),
@@ -132,7 +133,9 @@ pub struct SessionGuard<'a> {
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         self.stats.active(self.proto).fetch_sub(1, Relaxed);
-        self.stats.last_active_ms.store(self.stats.now_ms(), Relaxed);
+        self.stats
+            .last_active_ms
+            .store(self.stats.now_ms(), Relaxed);
     }
 }
 

@@ -28,16 +28,28 @@ impl Binder for LocalBinder {
     fn tcp<'a>(&'a self, addr: &'a HostPort) -> BoxFuture<'a, Result<TcpListener, TunnelError>> {
         Box::pin(async move {
             let sa = listen_addr(addr).await?;
-            let std = bind_tcp(sa).map_err(|source| TunnelError::Bind { addr: addr.to_string(), source })?;
-            TcpListener::from_std(std).map_err(|source| TunnelError::Bind { addr: addr.to_string(), source })
+            let std = bind_tcp(sa).map_err(|source| TunnelError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            TcpListener::from_std(std).map_err(|source| TunnelError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
         })
     }
 
     fn udp<'a>(&'a self, addr: &'a HostPort) -> BoxFuture<'a, Result<UdpSocket, TunnelError>> {
         Box::pin(async move {
             let sa = listen_addr(addr).await?;
-            let std = bind_udp(sa).map_err(|source| TunnelError::Bind { addr: addr.to_string(), source })?;
-            UdpSocket::from_std(std).map_err(|source| TunnelError::Bind { addr: addr.to_string(), source })
+            let std = bind_udp(sa).map_err(|source| TunnelError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            UdpSocket::from_std(std).map_err(|source| TunnelError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
         })
     }
 }
@@ -45,7 +57,10 @@ impl Binder for LocalBinder {
 /// An empty host listens on all interfaces, dual-stack.
 pub async fn listen_addr(addr: &HostPort) -> Result<SocketAddr, TunnelError> {
     if addr.host.is_empty() {
-        return Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), addr.port));
+        return Ok(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            addr.port,
+        ));
     }
     if let Some(ip) = addr.ip() {
         return Ok(SocketAddr::new(ip, addr.port));
@@ -81,8 +96,14 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     };
     match bind(addr) {
         // No IPv6 on this host: all interfaces means all IPv4 interfaces.
-        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && e.kind() != io::ErrorKind::AddrInUse => {
-            bind(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port()))
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.kind() != io::ErrorKind::AddrInUse =>
+        {
+            bind(SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                addr.port(),
+            ))
         }
         other => other,
     }
@@ -96,8 +117,14 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
         Ok(s.into())
     };
     match bind(addr) {
-        Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && e.kind() != io::ErrorKind::AddrInUse => {
-            bind(SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), addr.port()))
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.kind() != io::ErrorKind::AddrInUse =>
+        {
+            bind(SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                addr.port(),
+            ))
         }
         other => other,
     }

@@ -77,7 +77,11 @@ mod tests {
     /// Each protocol is recognised only when blocked; others pass.
     #[test]
     fn classifies() {
-        let all = Block { socks: true, http: true, tls: true };
+        let all = Block {
+            socks: true,
+            http: true,
+            tls: true,
+        };
         assert_eq!(classify(b"GET / HT", all), Verdict::Blocked("HTTP"));
         assert_eq!(classify(b"OPTIONS ", all), Verdict::Blocked("HTTP"));
         assert_eq!(classify(b"GE", all), Verdict::NeedMore);
@@ -85,7 +89,10 @@ mod tests {
         assert_eq!(classify(b"\x16\x03\x01", all), Verdict::Blocked("TLS"));
         assert_eq!(classify(b"SSH-2.0-", all), Verdict::Allowed);
         assert_eq!(classify(b"hello wo", all), Verdict::Allowed);
-        let http_only = Block { http: true, ..Block::default() };
+        let http_only = Block {
+            http: true,
+            ..Block::default()
+        };
         assert_eq!(classify(b"\x05\x01\x00", http_only), Verdict::Allowed);
         assert_eq!(classify(b"GET / HT", Block::default()), Verdict::Allowed);
     }

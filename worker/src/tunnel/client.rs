@@ -41,37 +41,92 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelErr
         match bind_entrance(&ctx, &ctx.spec.tunnel, !p.notcp, !p.noudp).await {
             Ok(e) => return single_end(ctx.clone(), e, stop).await,
             Err(e) if p.mode == 1 => return Err(e),
-            Err(e) => tracing::info!(cause = %e, "tunnel address does not bind here; running dual-end"),
+            Err(e) => {
+                tracing::info!(cause = %e, "tunnel address does not bind here; running dual-end")
+            }
         }
     }
     dual_end(ctx, stop).await
 }
 
-type Entrance = (Option<tokio::net::TcpListener>, Option<tokio::net::UdpSocket>);
+type Entrance = (
+    Option<tokio::net::TcpListener>,
+    Option<tokio::net::UdpSocket>,
+);
 
-async fn bind_entrance(ctx: &Ctx, addr: &proto::spec::HostPort, tcp: bool, udp: bool) -> Result<Entrance, TunnelError> {
-    let t = if tcp { Some(ctx.binder.tcp(addr).await?) } else { None };
-    let u = if udp { Some(ctx.binder.udp(addr).await?) } else { None };
+async fn bind_entrance(
+    ctx: &Ctx,
+    addr: &proto::spec::HostPort,
+    tcp: bool,
+    udp: bool,
+) -> Result<Entrance, TunnelError> {
+    let t = if tcp {
+        Some(ctx.binder.tcp(addr).await?)
+    } else {
+        None
+    };
+    let u = if udp {
+        Some(ctx.binder.udp(addr).await?)
+    } else {
+        None
+    };
     Ok((t, u))
 }
 
-/// Serves the entrance listeners with `opener` until `stop`.
-fn spawn_entrance(ctx: &Arc<Ctx>, (tcp, udp_sock): Entrance, opener: Opener, stop: &CancellationToken) {
+/// Serves the entrance listeners (and the entry port, if any) with `opener`
+/// until `stop`; returns the entry port's address.
+fn spawn_entrance(
+    ctx: &Arc<Ctx>,
+    (tcp, udp_sock): Entrance,
+    entry: Option<tokio::net::TcpListener>,
+    opener: Opener,
+    stop: &CancellationToken,
+) -> Option<std::net::SocketAddr> {
     let mut parts = Vec::new();
+    let entry_addr = entry.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = entry {
+        tokio::spawn(entrance::serve_tcp(
+            l,
+            ctx.clone(),
+            opener.clone(),
+            stop.clone(),
+        ));
+    }
     if let Some(l) = tcp {
-        parts.push(format!("tcp={}", l.local_addr().map(|a| a.to_string()).unwrap_or_default()));
-        tokio::spawn(entrance::serve_tcp(l, ctx.clone(), opener.clone(), stop.clone()));
+        parts.push(format!(
+            "tcp={}",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        ));
+        tokio::spawn(entrance::serve_tcp(
+            l,
+            ctx.clone(),
+            opener.clone(),
+            stop.clone(),
+        ));
     }
     if let Some(s) = udp_sock {
-        parts.push(format!("udp={}", s.local_addr().map(|a| a.to_string()).unwrap_or_default()));
+        parts.push(format!(
+            "udp={}",
+            s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        ));
         tokio::spawn(udp::serve_entrance(s, ctx.clone(), opener, stop.clone()));
     }
-    tracing::info!(listening = parts.join(" "), targets = ctx.dialer.describe(), "entrance listening");
+    tracing::info!(
+        listening = parts.join(" "),
+        targets = ctx.dialer.describe(),
+        "entrance listening"
+    );
+    entry_addr
 }
 
-async fn single_end(ctx: Arc<Ctx>, entrance: Entrance, stop: CancellationToken) -> Result<(), TunnelError> {
-    ctx.stats.mode.store(1, Relaxed);
-    spawn_entrance(&ctx, entrance, Opener::Direct, &stop);
+async fn single_end(
+    ctx: Arc<Ctx>,
+    entrance: Entrance,
+    stop: CancellationToken,
+) -> Result<(), TunnelError> {
+    let entry = ctx.entry_listener().filter(|_| !ctx.spec.params.notcp);
+    let entry = spawn_entrance(&ctx, entrance, entry, Opener::Direct, &stop);
+    ctx.mark_ready(1, entry);
     stop.cancelled().await;
     Ok(())
 }
@@ -90,20 +145,33 @@ impl Backoff {
 /// Dials the server and runs through preamble and TLS.
 async fn open_link(ctx: &Ctx, tls: &ClientTls) -> Result<(Link, [u8; 16]), TunnelError> {
     let server = ctx.spec.tunnel.to_string();
-    let host = if ctx.spec.tunnel.host.is_empty() { "127.0.0.1" } else { &ctx.spec.tunnel.host };
-    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, ctx.spec.tunnel.port)))
-        .await
-        .map_err(|_| TunnelError::peer(&server, "connect timed out"))?
-        .map_err(|e| TunnelError::peer(&server, format!("connect: {e}")))?;
+    let host = if ctx.spec.tunnel.host.is_empty() {
+        "127.0.0.1"
+    } else {
+        &ctx.spec.tunnel.host
+    };
+    let mut tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((host, ctx.spec.tunnel.port)),
+    )
+    .await
+    .map_err(|_| TunnelError::peer(&server, "connect timed out"))?
+    .map_err(|e| TunnelError::peer(&server, format!("connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    let offer = tokio::time::timeout(wire::HANDSHAKE_TIMEOUT, wire::client_preamble(&mut tcp, &server))
-        .await
-        .map_err(|_| TunnelError::peer(&server, "handshake timed out"))??;
+    let offer = tokio::time::timeout(
+        wire::HANDSHAKE_TIMEOUT,
+        wire::client_preamble(&mut tcp, &server),
+    )
+    .await
+    .map_err(|_| TunnelError::peer(&server, "handshake timed out"))??;
     let want = ctx.spec.params.tls;
     if offer.tls < want {
         return Err(TunnelError::peer(
             &server,
-            format!("offers tls={} but this client requires tls={want}; refusing a downgrade", offer.tls),
+            format!(
+                "offers tls={} but this client requires tls={want}; refusing a downgrade",
+                offer.tls
+            ),
         ));
     }
     let link = if offer.tls == 0 {
@@ -126,7 +194,9 @@ struct Session {
 }
 
 async fn dual_end(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelError> {
-    ctx.stats.mode.store(2, Relaxed);
+    // The entrance (forward flow) is known only after the first session; the
+    // worker is ready as soon as it runs.
+    ctx.mark_ready(2, None);
     let p = &ctx.spec.params;
     let tls = ClientTls {
         fp: p.fp.clone(),
@@ -149,14 +219,23 @@ async fn dual_end(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelEr
                     let (tcp, udp) = (cfg.tcp && !p.notcp, cfg.udp && !p.noudp);
                     match bind_entrance(&ctx, &ctx.spec.targets[0], tcp, udp).await {
                         Ok(e) => {
-                            spawn_entrance(&ctx, e, Opener::Tunnel(pool.clone()), &stop);
+                            spawn_entrance(&ctx, e, None, Opener::Tunnel(pool.clone()), &stop);
                             entrance_up = true;
                         }
                         Err(e) => tracing::error!(cause = %e, "cannot bind the entrance; retrying"),
                     }
                 }
                 let token = stop.child_token();
-                let why = run_session(&ctx, &tls, control_link, Arc::new(session), &pool, &waiting, &token).await;
+                let why = run_session(
+                    &ctx,
+                    &tls,
+                    control_link,
+                    Arc::new(session),
+                    &pool,
+                    &waiting,
+                    &token,
+                )
+                .await;
                 token.cancel();
                 pool.flush();
                 ctx.stats.ping.store(0, Relaxed);
@@ -229,7 +308,11 @@ async fn fill(
     decay.tick().await;
     let forward = session.cfg.flow == Flow::Forward;
     loop {
-        let idle = if forward { pool.len() } else { waiting.count.load(Relaxed) as usize };
+        let idle = if forward {
+            pool.len()
+        } else {
+            waiting.count.load(Relaxed) as usize
+        };
         while idle + dials.len() < capacity && dials.len() < DIAL_PARALLEL {
             let (ctx, tls, session) = (ctx.clone(), tls.clone(), session.clone());
             dials.spawn(async move { dial_pool(&ctx, &tls, &session).await });
@@ -286,7 +369,9 @@ async fn fill(
 
 /// One pool link: connect, preamble, TLS, session proof.
 async fn dial_pool(ctx: &Ctx, tls: &ClientTls, session: &Session) -> Result<Link, (u8, String)> {
-    let (mut link, sn) = open_link(ctx, tls).await.map_err(|e| (255, e.to_string()))?;
+    let (mut link, sn) = open_link(ctx, tls)
+        .await
+        .map_err(|e| (255, e.to_string()))?;
     let status = tokio::time::timeout(
         wire::HANDSHAKE_TIMEOUT,
         wire::client_pool(&mut link, &session.cfg.id, &session.key, &sn),
@@ -297,6 +382,9 @@ async fn dial_pool(ctx: &Ctx, tls: &ClientTls, session: &Session) -> Result<Link
     if status == wire::STATUS_OK {
         Ok(link)
     } else {
-        Err((status, format!("server refused the pool connection (status {status})")))
+        Err((
+            status,
+            format!("server refused the pool connection (status {status})"),
+        ))
     }
 }

@@ -30,7 +30,12 @@ pub enum Opener {
 
 impl Opener {
     /// Takes a pool link and starts a session of `kind` on it.
-    pub async fn tunnel_link(pool: &IdlePool, kind: HeaderKind, session: u32, peer: SocketAddr) -> Option<Link> {
+    pub async fn tunnel_link(
+        pool: &IdlePool,
+        kind: HeaderKind,
+        session: u32,
+        peer: SocketAddr,
+    ) -> Option<Link> {
         let mut link = pool.take().await?;
         let header = Header {
             kind,
@@ -49,7 +54,12 @@ impl Opener {
 }
 
 /// Accepts until `stop`; accept errors back off instead of spinning.
-pub async fn serve_tcp(listener: TcpListener, ctx: Arc<Ctx>, opener: Opener, stop: CancellationToken) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    opener: Opener,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {

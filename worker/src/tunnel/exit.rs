@@ -37,16 +37,24 @@ pub async fn connect_target(ctx: &Ctx, user: SocketAddr) -> Result<TcpStream, Tu
         _ => None,
     };
     if let Some(h) = header {
-        target.write_all(&h).await.map_err(|e| TunnelError::Target {
-            addr: addr.to_string(),
-            reason: format!("writing the PROXY header: {e}"),
-        })?;
+        target
+            .write_all(&h)
+            .await
+            .map_err(|e| TunnelError::Target {
+                addr: addr.to_string(),
+                reason: format!("writing the PROXY header: {e}"),
+            })?;
     }
     Ok(target)
 }
 
 /// Serves one authenticated pool link at the exit.
-pub async fn serve_link(mut link: Link, ctx: Arc<Ctx>, waiting: Arc<Waiting>, session: CancellationToken) {
+pub async fn serve_link(
+    mut link: Link,
+    ctx: Arc<Ctx>,
+    waiting: Arc<Waiting>,
+    session: CancellationToken,
+) {
     waiting.count.fetch_add(1, Relaxed);
     ctx.stats.pool.store(waiting.count.load(Relaxed), Relaxed);
     let header = tokio::select! {

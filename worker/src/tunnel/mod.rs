@@ -28,11 +28,14 @@ mod udp;
 pub mod wire;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use proto::spec::{Role, TunnelSpec};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,13 +60,47 @@ pub(crate) struct Ctx {
     pub sessions: TaskTracker,
     /// Cancelled when the drain grace runs out.
     pub hard_stop: CancellationToken,
+    /// Whether to open a loopback entry port beside the entrance (under the master).
+    pub with_entry: bool,
+    ready: watch::Sender<Option<ReadyInfo>>,
     seq: AtomicU32,
+}
+
+/// What the engine reports once its listeners are up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyInfo {
+    /// Server: 1 reverse, 2 forward. Client: 1 single-end, 2 dual-end.
+    pub mode: u8,
+    /// The loopback entry port, when there is an entrance here and it was asked for.
+    pub entry: Option<SocketAddr>,
 }
 
 impl Ctx {
     /// A number for the next session, for logs on both ends.
     pub fn next_seq(&self) -> u32 {
         self.seq.fetch_add(1, Relaxed)
+    }
+
+    /// Records the mode and tells whoever waits that the listeners are up.
+    pub fn mark_ready(&self, mode: u8, entry: Option<SocketAddr>) {
+        self.stats.mode.store(u64::from(mode), Relaxed);
+        self.ready.send_replace(Some(ReadyInfo { mode, entry }));
+    }
+
+    /// Binds the loopback entry port (`127.0.0.1:0`) when asked for.
+    pub fn entry_listener(&self) -> Option<TcpListener> {
+        if !self.with_entry {
+            return None;
+        }
+        let bound =
+            binder::bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).and_then(TcpListener::from_std);
+        match bound {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot bind the loopback entry port");
+                None
+            }
+        }
     }
 
     /// Runs a session until it ends or the drain grace runs out.
@@ -84,17 +121,43 @@ pub struct Engine {
     binder: Arc<dyn Binder>,
     stats: Arc<Stats>,
     tls_material: Option<tls::Material>,
+    with_entry: bool,
+    grace_ms: Arc<AtomicU64>,
+    ready: watch::Sender<Option<ReadyInfo>>,
 }
 
 impl Engine {
     /// `tls_material` is the `tls=1` certificate to use (made fresh when `None`).
-    pub fn new(spec: TunnelSpec, binder: Arc<dyn Binder>, tls_material: Option<tls::Material>) -> Self {
+    pub fn new(
+        spec: TunnelSpec,
+        binder: Arc<dyn Binder>,
+        tls_material: Option<tls::Material>,
+    ) -> Self {
         Self {
             spec,
             binder,
             stats: Arc::new(Stats::default()),
             tls_material,
+            with_entry: false,
+            grace_ms: Arc::new(AtomicU64::new(10_000)),
+            ready: watch::channel(None).0,
         }
+    }
+
+    /// Also serve a loopback entry port (`worker.entry` under the master).
+    pub fn with_entry(mut self, on: bool) -> Self {
+        self.with_entry = on;
+        self
+    }
+
+    /// Resolves to `Some` once the listeners are bound.
+    pub fn ready(&self) -> watch::Receiver<Option<ReadyInfo>> {
+        self.ready.subscribe()
+    }
+
+    /// The drain grace in ms, settable while running (the master's `Shutdown`).
+    pub fn grace_handle(&self) -> Arc<AtomicU64> {
+        self.grace_ms.clone()
     }
 
     /// The live counters (read them while `run` is going).
@@ -102,10 +165,10 @@ impl Engine {
         self.stats.clone()
     }
 
-    /// Runs until `stop` is cancelled, then drains sessions for up to `grace`.
-    /// Returns early only on a fatal error (a listener that cannot be bound,
-    /// unusable TLS files).
-    pub async fn run(self, stop: CancellationToken, grace: Duration) -> Result<(), TunnelError> {
+    /// Runs until `stop` is cancelled, then drains sessions for up to the
+    /// grace (see [`Engine::grace_handle`]). Returns early only on a fatal
+    /// error (a listener that cannot be bound, unusable TLS files).
+    pub async fn run(self, stop: CancellationToken) -> Result<(), TunnelError> {
         let p = &self.spec.params;
         let rate = (p.rate > 0).then(|| (RateLimiter::new(p.rate), RateLimiter::new(p.rate)));
         let ctx = Arc::new(Ctx {
@@ -121,6 +184,8 @@ impl Engine {
             tls_material: self.tls_material,
             sessions: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            with_entry: self.with_entry,
+            ready: self.ready,
             seq: AtomicU32::new(1),
         });
         let res = match ctx.spec.role {
@@ -130,8 +195,15 @@ impl Engine {
         // Whatever ended the role, the listeners' tasks go with `stop`.
         stop.cancel();
         ctx.sessions.close();
-        if tokio::time::timeout(grace, ctx.sessions.wait()).await.is_err() {
-            tracing::warn!(open = ctx.sessions.len(), "drain grace expired; closing the remaining sessions");
+        let grace = Duration::from_millis(self.grace_ms.load(Relaxed));
+        if tokio::time::timeout(grace, ctx.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = ctx.sessions.len(),
+                "drain grace expired; closing the remaining sessions"
+            );
             ctx.hard_stop.cancel();
             ctx.sessions.wait().await;
         }

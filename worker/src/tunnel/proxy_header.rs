@@ -12,14 +12,25 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
         IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), a.port()),
         IpAddr::V6(_) => a,
     };
-    if src.is_ipv4() == dst.is_ipv4() { (src, dst) } else { (v6(src), v6(dst)) }
+    if src.is_ipv4() == dst.is_ipv4() {
+        (src, dst)
+    } else {
+        (v6(src), v6(dst))
+    }
 }
 
 /// `PROXY TCP4 src dst sport dport\r\n`.
 pub fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     let (src, dst) = same_family(src, dst);
     let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!("PROXY {fam} {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port()).into_bytes()
+    format!(
+        "PROXY {fam} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
 }
 
 /// Binary v2 header, command PROXY, stream transport.
@@ -64,7 +75,11 @@ mod tests {
         assert_eq!(&h[16..20], &[10, 0, 0, 1]);
         assert_eq!(&h[24..26], &1234u16.to_be_bytes());
         let d6: SocketAddr = "[::1]:80".parse().unwrap();
-        assert!(String::from_utf8(v1(s, d6)).unwrap().starts_with("PROXY TCP6 ::ffff:10.0.0.1 ::1"));
+        assert!(
+            String::from_utf8(v1(s, d6))
+                .unwrap()
+                .starts_with("PROXY TCP6 ::ffff:10.0.0.1 ::1")
+        );
         assert_eq!(v2(s, d6).len(), 16 + 36);
     }
 }

@@ -43,12 +43,19 @@ pub struct Counters<'a> {
 }
 
 /// Relays until both directions end (or the idle timeout fires).
-pub async fn relay(local: TcpStream, remote: Link, counters: Counters<'_>, opts: &RelayOpts) -> io::Result<()> {
+pub async fn relay(
+    local: TcpStream,
+    remote: Link,
+    counters: Counters<'_>,
+    opts: &RelayOpts,
+) -> io::Result<()> {
     let activity = Activity::new();
     let work = async {
         match (remote.into_plain(), &opts.rate) {
             (Ok(remote), None) => splice_both(&local, &remote, &counters, &activity).await,
-            (Ok(remote), Some(_)) => copy_both(local, Link::Plain(remote), &counters, opts, &activity).await,
+            (Ok(remote), Some(_)) => {
+                copy_both(local, Link::Plain(remote), &counters, opts, &activity).await
+            }
             (Err(remote), _) => copy_both(local, remote, &counters, opts, &activity).await,
         }
     };
@@ -78,7 +85,8 @@ impl Activity {
     }
 
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
     }
 
     /// Resolves once nothing moved for `limit`.
@@ -94,7 +102,12 @@ impl Activity {
     }
 }
 
-async fn splice_both(a: &TcpStream, b: &TcpStream, c: &Counters<'_>, act: &Activity) -> io::Result<()> {
+async fn splice_both(
+    a: &TcpStream,
+    b: &TcpStream,
+    c: &Counters<'_>,
+    act: &Activity,
+) -> io::Result<()> {
     let ab = Pipe::new()?;
     let ba = Pipe::new()?;
     tokio::try_join!(
@@ -105,11 +118,19 @@ async fn splice_both(a: &TcpStream, b: &TcpStream, c: &Counters<'_>, act: &Activ
 }
 
 /// Moves `src` → `dst` through `pipe` until EOF, then shuts `dst`'s write side.
-async fn splice_half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64, act: &Activity) -> io::Result<()> {
+async fn splice_half(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    count: &AtomicU64,
+    act: &Activity,
+) -> io::Result<()> {
     loop {
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write_fd(), PIPE_SIZE)) {
+            match src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), pipe.write_fd(), PIPE_SIZE)
+            }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -122,7 +143,9 @@ async fn splice_half(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &Atom
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || splice(pipe.read_fd(), dst.as_raw_fd(), left)) {
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.read_fd(), dst.as_raw_fd(), left)
+            }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -146,7 +169,11 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn shutdown_write(s: &TcpStream) {
@@ -173,7 +200,13 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // A bigger pipe moves more per call; the default 64 KiB is the fallback.
         // SAFETY: fcntl on our own fd.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_SIZE as libc::c_int,
+            )
+        };
         Ok(Self { read, write })
     }
     fn read_fd(&self) -> RawFd {
@@ -184,7 +217,13 @@ impl Pipe {
     }
 }
 
-async fn copy_both(local: TcpStream, remote: Link, c: &Counters<'_>, opts: &RelayOpts, act: &Activity) -> io::Result<()> {
+async fn copy_both(
+    local: TcpStream,
+    remote: Link,
+    c: &Counters<'_>,
+    opts: &RelayOpts,
+    act: &Activity,
+) -> io::Result<()> {
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = tokio::io::split(remote);
     let (rx_rate, tx_rate) = match &opts.rate {
@@ -198,7 +237,13 @@ async fn copy_both(local: TcpStream, remote: Link, c: &Counters<'_>, opts: &Rela
     Ok(())
 }
 
-async fn copy_half<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, rate: Option<&RateLimiter>, act: &Activity) -> io::Result<()>
+async fn copy_half<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &AtomicU64,
+    rate: Option<&RateLimiter>,
+    act: &Activity,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -242,7 +287,12 @@ mod tests {
             read_timeout: Duration::ZERO,
             rate: rate.then(|| (RateLimiter::new(1000), RateLimiter::new(1000))),
         };
-        let relay = relay(u_in, Link::Plain(t_out), Counters { rx: &rx, tx: &tx }, &opts);
+        let relay = relay(
+            u_in,
+            Link::Plain(t_out),
+            Counters { rx: &rx, tx: &tx },
+            &opts,
+        );
         let peers = async {
             let payload = vec![7u8; 300_000];
             user.write_all(&payload).await.unwrap();
@@ -283,9 +333,14 @@ mod tests {
             read_timeout: Duration::from_millis(100),
             rate: None,
         };
-        let err = relay(u_in, Link::Plain(t_out), Counters { rx: &rx, tx: &tx }, &opts)
-            .await
-            .unwrap_err();
+        let err = relay(
+            u_in,
+            Link::Plain(t_out),
+            Counters { rx: &rx, tx: &tx },
+            &opts,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

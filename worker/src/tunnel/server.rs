@@ -63,10 +63,14 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelErr
         )?),
     };
     let (flow, entrance) = pick_flow(&ctx).await?;
-    ctx.stats.mode.store(if flow == Flow::Reverse { 1 } else { 2 }, Relaxed);
-    let addr = tunnel.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = tunnel
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     match &tls {
-        Some(t) => tracing::info!(addr, tls = p.tls, fingerprint = %format!("sha256:{}", t.fingerprint), "tunnel listening"),
+        Some(t) => {
+            tracing::info!(addr, tls = p.tls, fingerprint = %format!("sha256:{}", t.fingerprint), "tunnel listening")
+        }
         None => tracing::info!(addr, tls = 0, "tunnel listening"),
     }
     let server = Arc::new(Server {
@@ -79,17 +83,33 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelErr
         stop: stop.clone(),
     });
     let (tcp, udp_sock) = entrance;
+    let mut entry = None;
     if flow == Flow::Reverse {
         let opener = Opener::Tunnel(server.pool.clone());
         let listening = describe(tcp.as_ref(), udp_sock.as_ref());
         if let Some(l) = tcp {
-            tokio::spawn(entrance::serve_tcp(l, ctx.clone(), opener.clone(), stop.clone()));
+            tokio::spawn(entrance::serve_tcp(
+                l,
+                ctx.clone(),
+                opener.clone(),
+                stop.clone(),
+            ));
         }
         if let Some(s) = udp_sock {
-            tokio::spawn(udp::serve_entrance(s, ctx.clone(), opener, stop.clone()));
+            tokio::spawn(udp::serve_entrance(
+                s,
+                ctx.clone(),
+                opener.clone(),
+                stop.clone(),
+            ));
+        }
+        if let Some(l) = ctx.entry_listener().filter(|_| !p.notcp) {
+            entry = l.local_addr().ok();
+            tokio::spawn(entrance::serve_tcp(l, ctx.clone(), opener, stop.clone()));
         }
         tracing::info!(listening, "entrance listening");
     }
+    ctx.mark_ready(if flow == Flow::Reverse { 1 } else { 2 }, entry);
     accept_loop(server, tunnel).await;
     Ok(())
 }
@@ -115,8 +135,16 @@ async fn pick_flow(ctx: &Ctx) -> Result<(Flow, Entrance), TunnelError> {
     }
     let target = &ctx.spec.targets[0];
     let bound = async {
-        let tcp = if p.notcp { None } else { Some(ctx.binder.tcp(target).await?) };
-        let udp = if p.noudp { None } else { Some(ctx.binder.udp(target).await?) };
+        let tcp = if p.notcp {
+            None
+        } else {
+            Some(ctx.binder.tcp(target).await?)
+        };
+        let udp = if p.noudp {
+            None
+        } else {
+            Some(ctx.binder.udp(target).await?)
+        };
         Ok::<_, TunnelError>((tcp, udp))
     }
     .await;
@@ -140,9 +168,16 @@ async fn accept_loop(server: Arc<Server>, tunnel: TcpListener) {
             Ok((tcp, peer)) => {
                 let s = server.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(wire::HANDSHAKE_TIMEOUT, s.clone().handshake(tcp, peer)).await {
+                    match tokio::time::timeout(
+                        wire::HANDSHAKE_TIMEOUT,
+                        s.clone().handshake(tcp, peer),
+                    )
+                    .await
+                    {
                         Ok(Ok(())) => {}
-                        Ok(Err(why)) => tracing::debug!(%peer, why, "connection dropped during handshake"),
+                        Ok(Err(why)) => {
+                            tracing::debug!(%peer, why, "connection dropped during handshake")
+                        }
                         Err(_) => tracing::debug!(%peer, "handshake timed out"),
                     }
                 });
@@ -158,18 +193,34 @@ async fn accept_loop(server: Arc<Server>, tunnel: TcpListener) {
 impl Server {
     /// Handshakes one connection. Long-lived work (control loop, exit wait)
     /// is spawned so the handshake timeout covers only the handshake.
-    async fn handshake(self: Arc<Self>, mut tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    async fn handshake(
+        self: Arc<Self>,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
-        let tls_mode = if self.tls.is_some() { self.ctx.spec.params.tls } else { 0 };
-        let sn = wire::server_preamble(&mut tcp, tls_mode).await.map_err(|e| e.to_string())?;
+        let tls_mode = if self.tls.is_some() {
+            self.ctx.spec.params.tls
+        } else {
+            0
+        };
+        let sn = wire::server_preamble(&mut tcp, tls_mode)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut link = match &self.tls {
             Some(t) => Link::TlsServer(Box::new(
-                t.acceptor.accept(tcp).await.map_err(|e| format!("tls handshake: {e}"))?,
+                t.acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("tls handshake: {e}"))?,
             )),
             None => Link::Plain(tcp),
         };
         let binding = link.channel_binding();
-        match wire::server_request(&mut link).await.map_err(|e| e.to_string())? {
+        match wire::server_request(&mut link)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Request::Control { cn, proof } => {
                 let key = self.ctx.spec.tunnel_key();
                 let key = key.expose().as_bytes();
@@ -189,7 +240,11 @@ impl Server {
                     id,
                 };
                 let mut reply = vec![wire::STATUS_OK];
-                reply.extend_from_slice(&auth::prove(key, Purpose::ServerControl, &[&sn, &cn, &binding]));
+                reply.extend_from_slice(&auth::prove(
+                    key,
+                    Purpose::ServerControl,
+                    &[&sn, &cn, &binding],
+                ));
                 reply.extend_from_slice(&cfg.encode());
                 link.write_all(&reply).await.map_err(|e| e.to_string())?;
                 link.flush().await.map_err(|e| e.to_string())?;
@@ -202,7 +257,15 @@ impl Server {
                 let token = {
                     let cur = self.current.lock().expect("session lock");
                     match cur.as_ref() {
-                        Some(c) if c.id == session && auth::verify(&c.key, Purpose::Pool, &[&sn, &binding], &proof) => {
+                        Some(c)
+                            if c.id == session
+                                && auth::verify(
+                                    &c.key,
+                                    Purpose::Pool,
+                                    &[&sn, &binding],
+                                    &proof,
+                                ) =>
+                        {
                             Some(c.token.clone())
                         }
                         _ => None,
@@ -221,12 +284,15 @@ impl Server {
                     let _ = link.write_all(&[wire::STATUS_POOL_FULL]).await;
                     return Ok(());
                 }
-                link.write_all(&[wire::STATUS_OK]).await.map_err(|e| e.to_string())?;
+                link.write_all(&[wire::STATUS_OK])
+                    .await
+                    .map_err(|e| e.to_string())?;
                 link.flush().await.map_err(|e| e.to_string())?;
                 match self.flow {
                     Flow::Reverse => self.pool.push(link),
                     Flow::Forward => {
-                        let fut = exit::serve_link(link, self.ctx.clone(), self.waiting.clone(), token);
+                        let fut =
+                            exit::serve_link(link, self.ctx.clone(), self.waiting.clone(), token);
                         self.ctx.spawn_session(fut);
                     }
                 }
@@ -251,7 +317,13 @@ impl Server {
         token
     }
 
-    async fn control(self: Arc<Self>, link: Link, id: [u8; 16], token: CancellationToken, peer: SocketAddr) {
+    async fn control(
+        self: Arc<Self>,
+        link: Link,
+        id: [u8; 16],
+        token: CancellationToken,
+        peer: SocketAddr,
+    ) {
         let hooks = Hooks {
             send_starved: (self.flow == Flow::Reverse).then(|| self.pool.starved.clone()),
             on_starved: None,

@@ -72,7 +72,10 @@ impl Dialer {
     async fn resolve(&self, i: usize) -> io::Result<Vec<SocketAddr>> {
         let t = &self.targets[i];
         if t.host.is_empty() {
-            return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), t.port)]);
+            return Ok(vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                t.port,
+            )]);
         }
         if let Some(ip) = t.ip() {
             return Ok(vec![SocketAddr::new(ip, t.port)]);
@@ -138,7 +141,11 @@ impl Dialer {
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
         if let Some(src) = self.source
             && !self.source_failed.load(Relaxed)
             && src.is_ipv4() == addr.is_ipv4()
@@ -166,7 +173,9 @@ impl Dialer {
             };
             for addr in addrs {
                 let local = match (self.source, addr.is_ipv4()) {
-                    (Some(src), v4) if src.is_ipv4() == v4 && !self.source_failed.load(Relaxed) => SocketAddr::new(src, 0),
+                    (Some(src), v4) if src.is_ipv4() == v4 && !self.source_failed.load(Relaxed) => {
+                        SocketAddr::new(src, 0)
+                    }
                     (_, true) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
                     (_, false) => "[::]:0".parse().expect("valid literal"),
                 };
@@ -193,7 +202,12 @@ mod tests {
     use super::*;
 
     fn dialer(lbs: u8, n: u16) -> Dialer {
-        let t = (1..=n).map(|p| HostPort { host: "127.0.0.1".into(), port: p }).collect();
+        let t = (1..=n)
+            .map(|p| HostPort {
+                host: "127.0.0.1".into(),
+                port: p,
+            })
+            .collect();
         Dialer::new(t, lbs, None, Duration::from_secs(1))
     }
 
@@ -221,8 +235,14 @@ mod tests {
         let dead_port = dead.local_addr().unwrap().port();
         drop(dead);
         let t = vec![
-            HostPort { host: "127.0.0.1".into(), port: dead_port },
-            HostPort { host: "127.0.0.1".into(), port: live.local_addr().unwrap().port() },
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: dead_port,
+            },
+            HostPort {
+                host: "127.0.0.1".into(),
+                port: live.local_addr().unwrap().port(),
+            },
         ];
         let d = Dialer::new(t, 2, None, Duration::from_secs(1));
         let (_s, addr, _) = d.tcp().await.unwrap();

@@ -50,7 +50,11 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-fn certified(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Arc<CertifiedKey>, TunnelError> {
+fn certified(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    what: &str,
+) -> Result<Arc<CertifiedKey>, TunnelError> {
     let bad = |e: String| TunnelError::Config(format!("{what}: {e}"));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
@@ -58,13 +62,15 @@ fn certified(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Arc<Certifie
     if certs.is_empty() {
         return Err(bad("no certificate in the PEM".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad(format!("private key PEM: {e}")))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad(format!("private key PEM: {e}")))?;
     let signer = provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| bad(format!("private key: {e}")))?;
     let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|e| bad(format!("key does not match certificate: {e}")))?;
+    ck.keys_match()
+        .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
     Ok(Arc::new(ck))
 }
 
@@ -117,7 +123,11 @@ fn load_files(crt: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, TunnelE
     let read = |p: &PathBuf| {
         std::fs::read(p).map_err(|e| TunnelError::Config(format!("read {}: {e}", p.display())))
     };
-    certified(&read(crt)?, &read(key)?, &format!("tls=2 {}", crt.display()))
+    certified(
+        &read(crt)?,
+        &read(key)?,
+        &format!("tls=2 {}", crt.display()),
+    )
 }
 
 /// Server-side TLS: the acceptor and the fingerprint to show.
@@ -129,7 +139,11 @@ pub struct ServerTls {
 impl ServerTls {
     /// `tls=1` from given (or fresh) material.
     pub fn self_signed(material: &Material) -> Result<Self, TunnelError> {
-        let ck = certified(material.cert_pem.as_bytes(), material.key_pem.as_bytes(), "tls=1")?;
+        let ck = certified(
+            material.cert_pem.as_bytes(),
+            material.key_pem.as_bytes(),
+            "tls=1",
+        )?;
         Self::build(Source::Fixed(ck))
     }
 
@@ -171,15 +185,22 @@ pub struct ClientTls {
 
 impl ClientTls {
     /// A connector and server name for the mode the server announced.
-    pub fn connector(&self, mode: u8) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TunnelError> {
+    pub fn connector(
+        &self,
+        mode: u8,
+    ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TunnelError> {
         let name_text = match (&self.sni, mode) {
             (Some(s), _) => s.clone(),
-            (None, 2) if self.tunnel_host.parse::<std::net::IpAddr>().is_err() && !self.tunnel_host.is_empty() => {
+            (None, 2)
+                if self.tunnel_host.parse::<std::net::IpAddr>().is_err()
+                    && !self.tunnel_host.is_empty() =>
+            {
                 self.tunnel_host.clone()
             }
             (None, 2) => {
                 return Err(TunnelError::Config(
-                    "server uses tls=2 but the tunnel address is an IP: set sni=<certificate name>".into(),
+                    "server uses tls=2 but the tunnel address is an IP: set sni=<certificate name>"
+                        .into(),
                 ));
             }
             (None, _) => "drover".into(),
@@ -201,9 +222,12 @@ impl ClientTls {
                         .map_err(|e| TunnelError::Config(format!("crt {ca}: {e}")))?;
                 }
             }
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| TunnelError::Config(format!("tls=2 roots: {e}")))?;
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TunnelError::Config(format!("tls=2 roots: {e}")))?;
             Arc::new(Pinned {
                 fp: self.fp.clone(),
                 chain: Some(webpki),

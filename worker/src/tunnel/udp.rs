@@ -28,7 +28,12 @@ const MAX_DATAGRAM: usize = 65_535;
 type Sessions = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 
 /// Receives on the entrance socket until `stop`, fanning out to sessions.
-pub async fn serve_entrance(sock: UdpSocket, ctx: Arc<Ctx>, opener: Opener, stop: CancellationToken) {
+pub async fn serve_entrance(
+    sock: UdpSocket,
+    ctx: Arc<Ctx>,
+    opener: Opener,
+    stop: CancellationToken,
+) {
     let sock = Arc::new(sock);
     let sessions: Sessions = Arc::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -45,12 +50,18 @@ pub async fn serve_entrance(sock: UdpSocket, ctx: Arc<Ctx>, opener: Opener, stop
             },
         };
         let datagram = buf[..n].to_vec();
-        let existing = sessions.lock().expect("udp sessions lock").get(&peer).cloned();
+        let existing = sessions
+            .lock()
+            .expect("udp sessions lock")
+            .get(&peer)
+            .cloned();
         if let Some(tx) = existing {
             match tx.try_send(datagram) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => continue,
-                Err(mpsc::error::TrySendError::Closed(d)) => start(d, peer, &sock, &sessions, &ctx, &opener),
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    start(d, peer, &sock, &sessions, &ctx, &opener)
+                }
             }
         } else {
             start(datagram, peer, &sock, &sessions, &ctx, &opener);
@@ -58,7 +69,14 @@ pub async fn serve_entrance(sock: UdpSocket, ctx: Arc<Ctx>, opener: Opener, stop
     }
 }
 
-fn start(first: Vec<u8>, peer: SocketAddr, sock: &Arc<UdpSocket>, sessions: &Sessions, ctx: &Arc<Ctx>, opener: &Opener) {
+fn start(
+    first: Vec<u8>,
+    peer: SocketAddr,
+    sock: &Arc<UdpSocket>,
+    sessions: &Sessions,
+    ctx: &Arc<Ctx>,
+    opener: &Opener,
+) {
     let Some(slot) = ctx.slots.try_acquire() else {
         tracing::debug!(%peer, "slot limit reached; datagram dropped");
         return;
@@ -66,7 +84,8 @@ fn start(first: Vec<u8>, peer: SocketAddr, sock: &Arc<UdpSocket>, sessions: &Ses
     let (tx, rx) = mpsc::channel(QUEUE);
     let _ = tx.try_send(first);
     sessions.lock().expect("udp sessions lock").insert(peer, tx);
-    let (sock, sessions, ctx2, opener) = (sock.clone(), sessions.clone(), ctx.clone(), opener.clone());
+    let (sock, sessions, ctx2, opener) =
+        (sock.clone(), sessions.clone(), ctx.clone(), opener.clone());
     ctx.spawn_session(async move {
         let _slot = slot;
         let _s = ctx2.stats.session(Proto::Udp);
@@ -117,7 +136,9 @@ async fn entrance_session(
         Opener::Tunnel(pool) => {
             let link = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer)
                 .await
-                .ok_or_else(|| TunnelError::peer("tunnel", "no tunnel connection available within 5 s"))?;
+                .ok_or_else(|| {
+                    TunnelError::peer("tunnel", "no tunnel connection available within 5 s")
+                })?;
             let (mut lr, mut lw) = tokio::io::split(link);
             let up = async {
                 let mut frame = Vec::with_capacity(MAX_DATAGRAM + 2);
@@ -177,7 +198,10 @@ pub async fn exit_session(link: Link, ctx: &Ctx, user: SocketAddr, seq: u32) {
             };
             rx.fetch_add(n as u64, Relaxed);
             activity.touch();
-            if udp_frame::write(&mut lw, &mut frame, &buf[..n]).await.is_err() {
+            if udp_frame::write(&mut lw, &mut frame, &buf[..n])
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -187,7 +211,11 @@ pub async fn exit_session(link: Link, ctx: &Ctx, user: SocketAddr, seq: u32) {
 }
 
 /// Runs both directions until either ends or nothing moved for [`UDP_IDLE`].
-async fn run_until_idle(up: impl Future<Output = ()>, down: impl Future<Output = ()>, activity: &Activity) {
+async fn run_until_idle(
+    up: impl Future<Output = ()>,
+    down: impl Future<Output = ()>,
+    activity: &Activity,
+) {
     tokio::select! {
         () = up => {}
         () = down => {}

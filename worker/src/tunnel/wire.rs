@@ -132,7 +132,8 @@ impl Header {
         };
         let mut remote = vec![0u8; usize::from(fixed[5])];
         link.read_exact(&mut remote).await?;
-        let remote = String::from_utf8(remote).map_err(|_| invalid("remote address is not UTF-8".into()))?;
+        let remote =
+            String::from_utf8(remote).map_err(|_| invalid("remote address is not UTF-8".into()))?;
         Ok(Self {
             kind,
             session: u32::from_be_bytes([fixed[1], fixed[2], fixed[3], fixed[4]]),
@@ -185,7 +186,10 @@ pub struct Offer {
 }
 
 /// Client: sends the preamble and reads the server's offer.
-pub async fn client_preamble(tcp: &mut tokio::net::TcpStream, peer: &str) -> Result<Offer, TunnelError> {
+pub async fn client_preamble(
+    tcp: &mut tokio::net::TcpStream,
+    peer: &str,
+) -> Result<Offer, TunnelError> {
     let mut out = [0u8; 4];
     out[..3].copy_from_slice(MAGIC);
     out[3] = VERSION;
@@ -200,17 +204,26 @@ pub async fn client_preamble(tcp: &mut tokio::net::TcpStream, peer: &str) -> Res
         }
     })?;
     if &reply[..3] != MAGIC {
-        return Err(TunnelError::peer(peer, "is not a drover server (bad handshake magic)"));
+        return Err(TunnelError::peer(
+            peer,
+            "is not a drover server (bad handshake magic)",
+        ));
     }
     if reply[3] != VERSION {
         return Err(TunnelError::peer(
             peer,
-            format!("speaks tunnel protocol {} but we speak {VERSION}: run the same drover version on both ends", reply[3]),
+            format!(
+                "speaks tunnel protocol {} but we speak {VERSION}: run the same drover version on both ends",
+                reply[3]
+            ),
         ));
     }
     let mut nonce = [0u8; NONCE];
     nonce.copy_from_slice(&reply[5..]);
-    Ok(Offer { tls: reply[4], nonce })
+    Ok(Offer {
+        tls: reply[4],
+        nonce,
+    })
 }
 
 /// Server: reads the client's preamble and answers with the offer.
@@ -248,7 +261,11 @@ pub async fn client_control(
     let mut out = Vec::with_capacity(1 + NONCE + PROOF);
     out.push(KIND_CONTROL);
     out.extend_from_slice(&cn);
-    out.extend_from_slice(&auth::prove(key, Purpose::ClientControl, &[sn, &cn, &binding]));
+    out.extend_from_slice(&auth::prove(
+        key,
+        Purpose::ClientControl,
+        &[sn, &cn, &binding],
+    ));
     let fail = |e: io::Error| TunnelError::peer(peer, format!("handshake: {e}"));
     link.write_all(&out).await.map_err(fail)?;
     link.flush().await.map_err(fail)?;
@@ -256,8 +273,18 @@ pub async fn client_control(
     link.read_exact(&mut status).await.map_err(fail)?;
     match status[0] {
         STATUS_OK => {}
-        STATUS_BAD_KEY => return Err(TunnelError::peer(peer, "server refused our key proof (wrong key?)")),
-        x => return Err(TunnelError::peer(peer, format!("server refused the session (status {x})"))),
+        STATUS_BAD_KEY => {
+            return Err(TunnelError::peer(
+                peer,
+                "server refused our key proof (wrong key?)",
+            ));
+        }
+        x => {
+            return Err(TunnelError::peer(
+                peer,
+                format!("server refused the session (status {x})"),
+            ));
+        }
     }
     let mut proof = [0u8; PROOF];
     link.read_exact(&mut proof).await.map_err(fail)?;
@@ -274,7 +301,12 @@ pub async fn client_control(
 }
 
 /// Client: authenticates a pool link against the session.
-pub async fn client_pool(link: &mut Link, session_id: &[u8; 16], session_key: &[u8], sn: &[u8; NONCE]) -> io::Result<u8> {
+pub async fn client_pool(
+    link: &mut Link,
+    session_id: &[u8; 16],
+    session_key: &[u8],
+    sn: &[u8; NONCE],
+) -> io::Result<u8> {
     let binding = link.channel_binding();
     let mut out = Vec::with_capacity(1 + 16 + PROOF);
     out.push(KIND_POOL);
@@ -289,8 +321,14 @@ pub async fn client_pool(link: &mut Link, session_id: &[u8; 16], session_key: &[
 
 /// What an authenticated-or-not client asked the server for.
 pub enum Request {
-    Control { cn: [u8; NONCE], proof: [u8; PROOF] },
-    Pool { session: [u8; 16], proof: [u8; PROOF] },
+    Control {
+        cn: [u8; NONCE],
+        proof: [u8; PROOF],
+    },
+    Pool {
+        session: [u8; 16],
+        proof: [u8; PROOF],
+    },
 }
 
 /// Server: reads the client's request after the (optional) TLS layer.
@@ -324,8 +362,13 @@ pub mod udp_frame {
     pub const MAX: usize = u16::MAX as usize;
 
     /// Writes one datagram as a frame (one write call when it fits).
-    pub async fn write(link: &mut (impl tokio::io::AsyncWrite + Unpin), buf: &mut Vec<u8>, data: &[u8]) -> io::Result<()> {
-        let len = u16::try_from(data.len()).map_err(|_| invalid("datagram larger than 65535 bytes".into()))?;
+    pub async fn write(
+        link: &mut (impl tokio::io::AsyncWrite + Unpin),
+        buf: &mut Vec<u8>,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let len = u16::try_from(data.len())
+            .map_err(|_| invalid("datagram larger than 65535 bytes".into()))?;
         buf.clear();
         buf.extend_from_slice(&len.to_be_bytes());
         buf.extend_from_slice(data);
@@ -334,7 +377,10 @@ pub mod udp_frame {
     }
 
     /// Reads one frame into `buf`; `Ok(None)` on a clean EOF between frames.
-    pub async fn read<'b>(link: &mut (impl tokio::io::AsyncRead + Unpin), buf: &'b mut [u8]) -> io::Result<Option<&'b [u8]>> {
+    pub async fn read<'b>(
+        link: &mut (impl tokio::io::AsyncRead + Unpin),
+        buf: &'b mut [u8],
+    ) -> io::Result<Option<&'b [u8]>> {
         let mut len = [0u8; 2];
         match link.read_exact(&mut len).await {
             Ok(_) => {}
@@ -357,7 +403,11 @@ mod tests {
     /// Control frames and headers decode to what was encoded; junk is an error.
     #[test]
     fn frames_round_trip() {
-        for c in [Control::Ping(1), Control::Pong(u64::MAX), Control::Starved(3)] {
+        for c in [
+            Control::Ping(1),
+            Control::Pong(u64::MAX),
+            Control::Starved(3),
+        ] {
             assert_eq!(Control::decode(c.encode()).unwrap(), c);
         }
         assert!(Control::decode([9; 9]).is_err());
