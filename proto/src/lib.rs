@@ -8,10 +8,12 @@
 //! ([`error`]).
 
 pub mod channel;
+pub mod clock;
 pub mod duration;
 pub mod error;
 pub mod fdpass;
 pub mod frame;
+pub mod listen;
 pub mod message;
 pub mod secret;
 pub mod spec;

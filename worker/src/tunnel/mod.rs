@@ -92,8 +92,8 @@ impl Ctx {
         if !self.with_entry {
             return None;
         }
-        let bound =
-            binder::bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).and_then(TcpListener::from_std);
+        let bound = proto::listen::bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .and_then(TcpListener::from_std);
         match bound {
             Ok(l) => Some(l),
             Err(e) => {

@@ -1,0 +1,223 @@
+//! The master URL: `master://[HOST]:PORT[/PREFIX]?log=&tls=&crt=&key=&gateway=&gateway_default=&lru=`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use proto::spec::LogLevel;
+use proto::url;
+
+/// Default when `drover` is started without an argument.
+pub const DEFAULT_URL: &str = "master://127.0.0.1:9090/api";
+
+/// The parsed master URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Host as written (`""` = all interfaces), for `/info.name`.
+    pub host: String,
+    pub port: u16,
+    /// API prefix without trailing slash, e.g. `/api`.
+    pub prefix: String,
+    pub log: LogLevel,
+    /// Raw `log` value for `/info.log`.
+    pub log_text: String,
+    pub tls: u8,
+    pub crt: Option<String>,
+    pub key: Option<String>,
+    /// Gateway listener address (issue 6).
+    pub gateway: Option<String>,
+    pub gateway_default: Option<String>,
+    pub lru: usize,
+}
+
+/// A master URL that cannot be used, naming the part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses a `master://` URL.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let bad = |m: String| ConfigError(m);
+        let raw = url::split(text).map_err(|e| bad(e.0))?;
+        if raw.scheme != "master" {
+            return Err(bad(format!("scheme: {:?} is not master", raw.scheme)));
+        }
+        if raw.userinfo.is_some() {
+            return Err(bad(
+                "address: the master URL takes no user/key before '@'".into()
+            ));
+        }
+        let port: u16 = match raw.port.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                return Err(bad(format!(
+                    "address: port {:?} is not a number in 0..65535",
+                    raw.port
+                )));
+            }
+        };
+        if !raw.host.is_empty() && raw.host.parse::<IpAddr>().is_err() && raw.host != "localhost" {
+            return Err(bad(format!("address: {:?} is not an IP address", raw.host)));
+        }
+        let path = raw.path.trim_end_matches('/');
+        let prefix = if path.is_empty() {
+            "/api".to_string()
+        } else {
+            format!("/{path}")
+        };
+        if !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+            || prefix.contains("//")
+        {
+            return Err(bad(format!(
+                "prefix: {prefix:?} may contain only letters, digits, '/', '-', '_', '.'"
+            )));
+        }
+        let mut cfg = Config {
+            host: raw.host.to_string(),
+            port,
+            prefix,
+            log: LogLevel::Info,
+            log_text: "info".into(),
+            tls: 0,
+            crt: None,
+            key: None,
+            gateway: None,
+            gateway_default: None,
+            lru: 10_000,
+        };
+        for (name, value) in form_pairs(raw.query) {
+            let value = value.as_str();
+            match name.as_str() {
+                "log" => {
+                    cfg.log = value.parse().map_err(|e| bad(format!("param log: {e}")))?;
+                    cfg.log_text = value.to_string();
+                }
+                "tls" => {
+                    cfg.tls = match value {
+                        "0" => 0,
+                        "1" => 1,
+                        "2" => 2,
+                        _ => return Err(bad(format!("param tls: {value:?} is not 0, 1 or 2"))),
+                    }
+                }
+                "crt" => cfg.crt = Some(value.to_string()),
+                "key" => cfg.key = Some(value.to_string()),
+                "gateway" => cfg.gateway = Some(value.to_string()),
+                "gateway_default" => cfg.gateway_default = Some(value.to_string()),
+                "lru" => {
+                    cfg.lru = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=10_000_000).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "param lru: {value:?} is not an integer in 1..=10000000"
+                            ))
+                        })?
+                }
+                other => {
+                    return Err(bad(format!(
+                        "param {other}: unknown parameter (known: log tls crt key gateway gateway_default lru)"
+                    )));
+                }
+            }
+        }
+        if cfg.tls == 2 && (cfg.crt.is_none() || cfg.key.is_none()) {
+            return Err(bad(
+                "param tls: tls=2 needs crt=<file> and key=<file>".into()
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Where the API listens.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let ip = match self.host.as_str() {
+            "" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h => h.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        };
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NodePass master URLs parse; the prefix defaults to /api.
+    #[test]
+    fn parses() {
+        let c = Config::parse("master://0.0.0.0:9090/api?log=info&tls=1").unwrap();
+        assert_eq!((c.port, c.prefix.as_str(), c.tls), (9090, "/api", 1));
+        let c = Config::parse("master://:9090").unwrap();
+        assert_eq!((c.host.as_str(), c.prefix.as_str()), ("", "/api"));
+        let c = Config::parse("master://127.0.0.1:0/admin/").unwrap();
+        assert_eq!(c.prefix, "/admin");
+        assert_eq!(
+            Config::parse(DEFAULT_URL)
+                .unwrap()
+                .listen_addr()
+                .to_string(),
+            "127.0.0.1:9090"
+        );
+    }
+
+    /// Bad URLs name the part.
+    #[test]
+    fn rejects() {
+        for (u, part) in [
+            ("http://:9090", "scheme"),
+            ("master://:x", "address"),
+            ("master://:9090?tls=2", "param tls"),
+            ("master://:9090?bogus=1", "param bogus"),
+            ("master://:9090?log=loud", "param log"),
+            ("master://:9090/a b", "prefix"),
+        ] {
+            let e = Config::parse(u).unwrap_err();
+            assert!(e.0.starts_with(part), "{u}: {e}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Wiring the master's rooms together.
+//!
+//! 1. Open the store (refuse to start on a corrupt master record rather than
+//!    silently making a new key); create the API key on first start.
+//! 2. Restore instances (`restart:true` ones start).
+//! 3. Serve the API; persist counters every stats interval.
+//! 4. On SIGTERM/SIGINT: SSE `shutdown`, stop the API, stop every worker
+//!    gracefully, persist counters, flush, exit 0.
+
+use std::net::TcpListener;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, middleware::from_fn, web};
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
+use crate::sse::Hub;
+use crate::store::{self, Store};
+use crate::supervisor::{Shared, Supervisor, UrlDefaults, spawn};
+use crate::sysinfo::Sampler;
+
+/// Counters reach the disk at least this often.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// Workers get this long to drain when stopped.
+pub const GRACE: Duration = Duration::from_secs(10);
+/// SSE events kept for `Last-Event-ID` resume.
+const REPLAY: usize = 4096;
+
+/// Loads the master record or makes one (printing the key once).
+async fn master_record(store: &Store) -> Result<MasterRecord> {
+    if let Some(m) = store.master().context("reading the master record")? {
+        tracing::info!(master_id = %m.master_id, "API key loaded from the store");
+        return Ok(m);
+    }
+    let m = MasterRecord {
+        v: SCHEMA_VERSION,
+        api_key: hex::encode(rand::random::<[u8; 16]>()),
+        master_id: hex::encode(rand::random::<[u8; 8]>()),
+        alias: String::new(),
+    };
+    store
+        .put_master(&m)
+        .await
+        .context("saving the new API key")?;
+    // The one place the key is ever logged (DESIGN §5).
+    tracing::info!("API Key created: {}", m.api_key);
+    Ok(m)
+}
+
+fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (certs, key) = match cfg.tls {
+        0 => return Ok(None),
+        1 => {
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .context("making the self-signed API certificate")?;
+            let key = PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes())
+                .context("encoding the API key pair")?;
+            (vec![ck.cert.der().clone()], key)
+        }
+        _ => {
+            let crt = cfg.crt.as_deref().unwrap_or_default();
+            let key = cfg.key.as_deref().unwrap_or_default();
+            let certs = CertificateDer::pem_file_iter(crt)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading crt {crt}"))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {key}"))?;
+            (certs, key)
+        }
+    };
+    let sc = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("API TLS certificate")?;
+    Ok(Some(sc))
+}
+
+/// Runs the master until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> Result<()> {
+    // Store files and anything workers write stay private to this user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let dir = store::data_dir();
+    let store =
+        Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    let master = master_record(&store).await?;
+    // Ids continue from the clock, so a Last-Event-ID from before a restart
+    // falls below the new ring and gets a fresh burst, not unrelated events.
+    let first_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64 * 1000)
+        .unwrap_or(1);
+    let hub = Hub::new(REPLAY).with_first_id(first_id);
+    let sampler = Sampler::spawn();
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        hub: hub.clone(),
+        worker_bin: spawn::worker_binary(),
+        log: cfg.log_text.clone(),
+        stats_interval: STATS_INTERVAL,
+        grace: GRACE,
+    });
+    let defaults = UrlDefaults {
+        log: Some(cfg.log_text.clone()),
+        tls: cfg.tls,
+        crt: cfg.crt.clone(),
+        key: cfg.key.clone(),
+    };
+    let sup = Supervisor::new(shared, defaults);
+    for problem in sup.restore().await {
+        tracing::error!("{problem}");
+    }
+    let state = web::Data::new(AppState {
+        sup: sup.clone(),
+        hub: hub.clone(),
+        store: store.clone(),
+        master: RwLock::new(master),
+        cfg: cfg.clone(),
+        sampler,
+        started: Instant::now(),
+    });
+    {
+        let st = state.clone();
+        hub.set_snapshot_source(Box::new(move || {
+            let mut all = vec![InstanceView::key_record(
+                &st.master.read().expect("master lock"),
+            )];
+            all.extend(st.sup.list());
+            all
+        }));
+    }
+
+    let listener = TcpListener::bind(cfg.listen_addr())
+        .with_context(|| format!("binding the API on {}", cfg.listen_addr()))?;
+    let addr = listener.local_addr().context("API address")?;
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(api::gate))
+            .configure(api::configure(app_state.clone()))
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
+    let scheme = if cfg.tls == 0 { "http" } else { "https" };
+    let server = match tls_config(&cfg)? {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
+    .context("starting the API server")?
+    .run();
+    let handle = server.handle();
+    tracing::info!(addr = %addr, prefix = %cfg.prefix, "API listening on {scheme}://{addr}{}", cfg.prefix);
+    let server_task = tokio::spawn(server);
+
+    let persist = {
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_INTERVAL);
+            loop {
+                tick.tick().await;
+                sup.persist_counters().await;
+            }
+        })
+    };
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    hub.shutdown_all();
+    handle.stop(true).await;
+    let _ = server_task.await;
+    persist.abort();
+    sup.stop_all().await;
+    store.flush().await.context("final flush")?;
+    tracing::info!("stopped");
+    Ok(())
+}

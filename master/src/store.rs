@@ -1,0 +1,643 @@
+//! The sled store: everything the master must remember across restarts.
+//!
+//! One sled database under `<data dir>/db` with four trees, every value a
+//! schema-versioned JSON record (`v`, see [`SCHEMA_VERSION`]):
+//!
+//! | tree        | key        | value                          |
+//! |-------------|------------|--------------------------------|
+//! | `instances` | id         | [`InstanceRecord`]             |
+//! | `master`    | `"master"` | [`MasterRecord`]               |
+//! | `counters`  | id         | [`CounterRecord`]              |
+//! | `bindings`  | client id  | `{"v":1,"instance":"<id>"}`    |
+//!
+//! Flow:
+//! 1. [`Store::open`] creates the data dir (0700), opens sled (its exclusive
+//!    lock keeps a second master out) and makes the files 0600.
+//! 2. At start the master reads [`Store::master`] (a corrupt record is an
+//!    error, so the API key is never regenerated behind the operator's back)
+//!    and [`Store::instances`], which skips and reports unreadable records
+//!    and those written by a newer Drover; nothing is ever deleted for being
+//!    unreadable.
+//! 3. Every mutation is `async` and returns only after `flush_async` has
+//!    fsynced sled's log, so the API replies 2xx only once the change is on
+//!    disk.
+//!
+//! Invariants kept here rather than by callers: counters and bindings exist
+//! only for stored instances (written in transactions that check the
+//! instance, removed together with it).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::ops::Bound;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use tracing::{error, warn};
+
+use crate::model::{CounterRecord, Counters, InstanceRecord, MasterRecord, SCHEMA_VERSION};
+
+/// The one key of the `master` tree.
+const MASTER_KEY: &str = "master";
+/// sled's page cache; its 1 GiB default is far more than a few hundred records need.
+const CACHE_CAPACITY: u64 = 64 << 20;
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
+/// Text sled puts in the I/O error when another process holds the lock.
+const SLED_LOCK_TEXT: &str = "could not acquire lock";
+
+/// What went wrong in the store, with the tree, key and operation involved.
+///
+/// The cause is part of the message (not a `source()`), so `{}` alone tells the
+/// whole story in an API error body or a log line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Creating or securing the data directory (or a file in it) failed.
+    #[error("data dir {}: {op}: {cause}", path.display())]
+    Dir {
+        path: PathBuf,
+        op: &'static str,
+        cause: io::Error,
+    },
+    /// Another process (normally another master) holds sled's lock.
+    #[error("data dir {} is in use by another drover master (sled lock)", dir.display())]
+    Locked { dir: PathBuf },
+    /// sled refused to open the database for another reason.
+    #[error("data dir {}: opening the sled database: {cause}", dir.display())]
+    Open { dir: PathBuf, cause: sled::Error },
+    /// A sled read, write or transaction failed.
+    #[error("store: {op} {tree}/{key}: {cause}")]
+    Sled {
+        op: &'static str,
+        tree: &'static str,
+        key: String,
+        cause: sled::Error,
+    },
+    /// fsync of sled's log failed: the change may not be on disk.
+    #[error("store: flushing to disk: {cause}")]
+    Flush { cause: sled::Error },
+    /// A record could not be encoded as JSON (a bug, not bad data).
+    #[error("store: encoding {tree}/{key}: {cause}")]
+    Encode {
+        tree: &'static str,
+        key: String,
+        cause: serde_json::Error,
+    },
+    /// A stored record is unreadable (left in place, untouched).
+    #[error("store: {tree}/{key} is unreadable: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    /// A stored record was written by a newer Drover (left in place, untouched).
+    #[error(
+        "store: {tree}/{key} has schema v{found}, newer than the v{supported} this drover \
+         understands; run a newer drover"
+    )]
+    Newer {
+        tree: &'static str,
+        key: String,
+        found: u32,
+        supported: u32,
+    },
+    /// A binding was asked for an instance that is not stored.
+    #[error("store: no instance {instance}")]
+    UnknownInstance { instance: String },
+}
+
+/// `bindings` tree value: which instance a gateway client goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BindingRecord {
+    v: u32,
+    instance: String,
+}
+
+/// Handle on the database; cloning is cheap (sled handles are `Arc`s).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    instances: sled::Tree,
+    master: sled::Tree,
+    counters: sled::Tree,
+    bindings: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Where the data lives: `DROVER_DATA_DIR`, else systemd's `$STATE_DIRECTORY`
+/// (its first entry when it lists several), else `./drover-data`.
+pub fn data_dir() -> PathBuf {
+    data_dir_from(|name| std::env::var_os(name))
+}
+
+fn data_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
+    if let Some(dir) = var("DROVER_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        let first = dirs
+            .as_bytes()
+            .split(|&b| b == b':')
+            .find(|d| !d.is_empty());
+        if let Some(first) = first {
+            return PathBuf::from(OsString::from_vec(first.to_vec()));
+        }
+    }
+    PathBuf::from("./drover-data")
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// The dir is made 0700 (also when it already exists with looser bits) and
+    /// sled's files 0600. Files sled creates later (snapshots, blobs) get the
+    /// process umask, but the 0700 directories keep them private regardless.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        secure_dir(dir)?;
+        let db_dir = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_dir)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|cause| match &cause {
+                sled::Error::Io(e) if e.to_string().contains(SLED_LOCK_TEXT) => {
+                    StoreError::Locked {
+                        dir: dir.to_path_buf(),
+                    }
+                }
+                _ => StoreError::Open {
+                    dir: dir.to_path_buf(),
+                    cause,
+                },
+            })?;
+        restrict_tree(&db_dir)?;
+        let tree = |name: &'static str| {
+            db.open_tree(name).map_err(|cause| StoreError::Sled {
+                op: "opening tree",
+                tree: name,
+                key: String::new(),
+                cause,
+            })
+        };
+        Ok(Store {
+            instances: tree("instances")?,
+            master: tree("master")?,
+            counters: tree("counters")?,
+            bindings: tree("bindings")?,
+            db,
+        })
+    }
+
+    /// Fsyncs everything written so far (also done by every mutation).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(drop)
+            .map_err(|cause| StoreError::Flush { cause })
+    }
+
+    // ---- master ----
+
+    /// The master record; `Ok(None)` on first start. A corrupt or newer record
+    /// is an error: the caller must refuse to start rather than make a new key.
+    pub fn master(&self) -> Result<Option<MasterRecord>, StoreError> {
+        let tree = "master";
+        let Some(bytes) = self
+            .master
+            .get(MASTER_KEY)
+            .map_err(sled_err("reading", tree, MASTER_KEY))?
+        else {
+            return Ok(None);
+        };
+        decode::<MasterRecord>(&bytes)
+            .map(Some)
+            .map_err(|bad| bad.into_error(tree, MASTER_KEY))
+    }
+
+    /// Stores the master record (API key, master id, alias) durably.
+    pub async fn put_master(&self, record: &MasterRecord) -> Result<(), StoreError> {
+        let value = encode(record, "master", MASTER_KEY)?;
+        self.master
+            .insert(MASTER_KEY, value)
+            .map_err(sled_err("writing", "master", MASTER_KEY))?;
+        self.flush().await
+    }
+
+    // ---- instances ----
+
+    /// Every readable instance in id order, and one line per record skipped
+    /// (`instance <id>: skipped: <why>`) for the caller to log. Skipped
+    /// records stay in the store untouched.
+    pub fn instances(&self) -> (Vec<InstanceRecord>, Vec<String>) {
+        let mut records = Vec::new();
+        let mut problems = Vec::new();
+        for item in self.instances.iter() {
+            let (key, bytes) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    problems.push(format!("instances: reading stopped early: {e}"));
+                    break;
+                }
+            };
+            let id = key_text(&key);
+            match decode::<InstanceRecord>(&bytes) {
+                Ok(record) if record.id.as_bytes() == &key[..] => records.push(record),
+                Ok(record) => problems.push(format!(
+                    "instance {id}: skipped: the record says its id is {:?}",
+                    record.id
+                )),
+                Err(bad) => problems.push(format!("instance {id}: skipped: {bad}")),
+            }
+        }
+        (records, problems)
+    }
+
+    /// Stores an instance under its id, durably. The caller sets `v`
+    /// ([`SCHEMA_VERSION`]).
+    pub async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let value = encode(record, "instances", &record.id)?;
+        self.instances
+            .insert(record.id.as_bytes(), value)
+            .map_err(sled_err("writing", "instances", &record.id))?;
+        self.flush().await
+    }
+
+    /// Removes an instance with its counters and every binding to it, in one
+    /// transaction, durably. Returns whether the instance existed.
+    pub async fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
+        let doomed = self.bindings_to(id)?;
+        let existed = (&self.instances, &self.counters, &self.bindings)
+            .transaction(|(instances, counters, bindings)| {
+                let existed = instances.remove(id.as_bytes())?.is_some();
+                counters.remove(id.as_bytes())?;
+                unbind(bindings, &doomed, id)?;
+                Ok(existed)
+            })
+            .map_err(txn_err("deleting", "instances", id))?;
+        // A binding committed between the scan and the transaction survived it;
+        // none can be added now that the instance is gone (put_binding checks),
+        // so one more sweep catches them all.
+        let late = self.bindings_to(id)?;
+        if !late.is_empty() {
+            self.bindings
+                .transaction(|bindings| unbind(bindings, &late, id))
+                .map_err(txn_err("unbinding", "bindings", id))?;
+        }
+        self.flush().await?;
+        Ok(existed)
+    }
+
+    // ---- counters ----
+
+    /// The cumulative counters of an instance; zero when missing, and when
+    /// unreadable (logged: the next [`Store::put_counters`] replaces it).
+    pub fn counters(&self, id: &str) -> Counters {
+        match self.counters.get(id.as_bytes()) {
+            Ok(None) => Counters::default(),
+            Ok(Some(bytes)) => match decode::<CounterRecord>(&bytes) {
+                Ok(record) => record.totals,
+                Err(bad) => {
+                    warn!(instance = %id, why = %bad, "stored counters unreadable; counting from zero");
+                    Counters::default()
+                }
+            },
+            Err(e) => {
+                error!(instance = %id, cause = %e, "failed to read counters; counting from zero");
+                Counters::default()
+            }
+        }
+    }
+
+    /// Stores several instances' counters in one transaction, durably.
+    /// Entries for instances no longer stored are dropped, so a late write
+    /// from a deleted instance's task cannot resurrect its counters.
+    pub async fn put_counters(&self, batch: &[(String, Counters)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut values = Vec::with_capacity(batch.len());
+        for (id, totals) in batch {
+            let record = CounterRecord {
+                v: SCHEMA_VERSION,
+                totals: *totals,
+            };
+            values.push((id.as_str(), encode(&record, "counters", id)?));
+        }
+        (&self.instances, &self.counters)
+            .transaction(|(instances, counters)| {
+                for (id, value) in &values {
+                    if instances.get(id.as_bytes())?.is_some() {
+                        counters.insert(id.as_bytes(), value.as_slice())?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(txn_err("writing", "counters", "(batch)"))?;
+        self.flush().await
+    }
+
+    // ---- bindings ----
+
+    /// The instance a gateway client is bound to; `None` when unbound or the
+    /// binding is unreadable (logged).
+    pub fn binding(&self, client: &str) -> Option<String> {
+        match self.bindings.get(client.as_bytes()) {
+            Ok(bytes) => bytes.and_then(|b| binding_target(client, &b)),
+            Err(e) => {
+                error!(client = %client.escape_debug(), cause = %e, "failed to read binding");
+                None
+            }
+        }
+    }
+
+    /// Up to `limit` `(client, instance)` pairs in client order, starting
+    /// after `after` (exclusive); unreadable entries are skipped (logged).
+    pub fn bindings(&self, after: Option<&str>, limit: usize) -> Vec<(String, String)> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        let mut page = Vec::new();
+        if limit == 0 {
+            return page;
+        }
+        for item in self.bindings.range::<&[u8], _>((start, Bound::Unbounded)) {
+            let (key, bytes) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    error!(cause = %e, "failed to list bindings");
+                    break;
+                }
+            };
+            let Ok(client) = std::str::from_utf8(&key) else {
+                warn!(client = %key_text(&key), "binding key is not UTF-8; skipped");
+                continue;
+            };
+            if let Some(instance) = binding_target(client, &bytes) {
+                page.push((client.to_owned(), instance));
+                if page.len() == limit {
+                    break;
+                }
+            }
+        }
+        page
+    }
+
+    /// Binds a gateway client to a stored instance, durably;
+    /// [`StoreError::UnknownInstance`] if the instance is not stored.
+    pub async fn put_binding(&self, client: &str, instance: &str) -> Result<(), StoreError> {
+        let record = BindingRecord {
+            v: SCHEMA_VERSION,
+            instance: instance.to_owned(),
+        };
+        let value = encode(&record, "bindings", client)?;
+        (&self.instances, &self.bindings)
+            .transaction(|(instances, bindings)| {
+                if instances.get(instance.as_bytes())?.is_none() {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::UnknownInstance {
+                            instance: instance.to_owned(),
+                        },
+                    ));
+                }
+                bindings.insert(client.as_bytes(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(txn_err("writing", "bindings", client))?;
+        self.flush().await
+    }
+
+    /// Removes a client's binding, durably; returns whether it existed.
+    pub async fn delete_binding(&self, client: &str) -> Result<bool, StoreError> {
+        let old = self
+            .bindings
+            .remove(client.as_bytes())
+            .map_err(sled_err("deleting", "bindings", client))?;
+        self.flush().await?;
+        Ok(old.is_some())
+    }
+
+    /// Keys of the bindings that point to `id` (unreadable ones are left alone).
+    fn bindings_to(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.bindings.iter() {
+            let (key, bytes) = item.map_err(sled_err("scanning", "bindings", id))?;
+            if points_to(&bytes, id) {
+                keys.push(key.to_vec());
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Why a stored record could not be used.
+#[derive(Debug)]
+enum Bad {
+    /// Not JSON, no `v`, or not the expected shape.
+    Corrupt(String),
+    /// Written by a newer schema.
+    Newer(u32),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Corrupt(why) => f.write_str(why),
+            Bad::Newer(v) => write!(
+                f,
+                "schema v{v} is newer than the v{SCHEMA_VERSION} this drover understands"
+            ),
+        }
+    }
+}
+
+impl Bad {
+    fn into_error(self, tree: &'static str, key: &str) -> StoreError {
+        match self {
+            Bad::Corrupt(reason) => StoreError::Corrupt {
+                tree,
+                key: key.to_owned(),
+                reason,
+            },
+            Bad::Newer(found) => StoreError::Newer {
+                tree,
+                key: key.to_owned(),
+                found,
+                supported: SCHEMA_VERSION,
+            },
+        }
+    }
+}
+
+/// Decodes a versioned record: the version first, so a newer record that no
+/// longer fits today's struct is reported as newer, not as garbage.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Bad> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<u32>,
+    }
+    let version: Version = serde_json::from_slice(bytes)
+        .map_err(|e| Bad::Corrupt(format!("not a JSON record: {e}")))?;
+    match version.v {
+        None => return Err(Bad::Corrupt("no schema version (v)".into())),
+        Some(v) if v > SCHEMA_VERSION => return Err(Bad::Newer(v)),
+        Some(_) => {}
+    }
+    serde_json::from_slice(bytes).map_err(|e| Bad::Corrupt(format!("invalid record: {e}")))
+}
+
+fn encode<T: Serialize>(record: &T, tree: &'static str, key: &str) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|cause| StoreError::Encode {
+        tree,
+        key: key.to_owned(),
+        cause,
+    })
+}
+
+/// The instance of a stored binding, or `None` (logged) if unreadable.
+fn binding_target(client: &str, bytes: &[u8]) -> Option<String> {
+    match decode::<BindingRecord>(bytes) {
+        Ok(record) => Some(record.instance),
+        Err(bad) => {
+            warn!(client = %client.escape_debug(), why = %bad, "stored binding unreadable; ignored");
+            None
+        }
+    }
+}
+
+fn points_to(bytes: &[u8], id: &str) -> bool {
+    decode::<BindingRecord>(bytes).is_ok_and(|r| r.instance == id)
+}
+
+/// Removes, inside a transaction, those of `keys` that still point to `id`.
+fn unbind(
+    bindings: &TransactionalTree,
+    keys: &[Vec<u8>],
+    id: &str,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for key in keys {
+        if let Some(bytes) = bindings.get(key)?
+            && points_to(&bytes, id)
+        {
+            bindings.remove(key.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// A key for messages: lossy UTF-8 with control characters escaped.
+fn key_text(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).escape_debug().to_string()
+}
+
+fn sled_err(
+    op: &'static str,
+    tree: &'static str,
+    key: &str,
+) -> impl FnOnce(sled::Error) -> StoreError {
+    let key = key.to_owned();
+    move |cause| StoreError::Sled {
+        op,
+        tree,
+        key,
+        cause,
+    }
+}
+
+fn txn_err(
+    op: &'static str,
+    tree: &'static str,
+    key: &str,
+) -> impl FnOnce(TransactionError<StoreError>) -> StoreError {
+    let key = key.to_owned();
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(cause) => StoreError::Sled {
+            op,
+            tree,
+            key,
+            cause,
+        },
+    }
+}
+
+/// Creates `dir` as 0700, or tightens an existing one to 0700.
+fn secure_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir_err = |op| {
+        move |cause| StoreError::Dir {
+            path: dir.to_path_buf(),
+            op,
+            cause,
+        }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(dir_err("creating"))?;
+    let meta = fs::metadata(dir).map_err(dir_err("inspecting"))?;
+    if !meta.is_dir() {
+        return Err(dir_err("inspecting")(io::Error::other("not a directory")));
+    }
+    if meta.permissions().mode() & 0o777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(dir_err("setting mode 0700"))?;
+    }
+    Ok(())
+}
+
+/// Makes every directory under `dir` (and itself) 0700 and every file 0600;
+/// symlinks and other kinds are left alone.
+fn restrict_tree(dir: &Path) -> Result<(), StoreError> {
+    let set = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|cause| {
+            StoreError::Dir {
+                path: path.to_path_buf(),
+                op: "restricting permissions",
+                cause,
+            }
+        })
+    };
+    set(dir, DIR_MODE)?;
+    let entries = fs::read_dir(dir).map_err(|cause| StoreError::Dir {
+        path: dir.to_path_buf(),
+        op: "listing",
+        cause,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|cause| StoreError::Dir {
+            path: dir.to_path_buf(),
+            op: "listing",
+            cause,
+        })?;
+        let path = entry.path();
+        let kind = fs::symlink_metadata(&path)
+            .map_err(|cause| StoreError::Dir {
+                path: path.clone(),
+                op: "inspecting",
+                cause,
+            })?
+            .file_type();
+        if kind.is_dir() {
+            restrict_tree(&path)?;
+        } else if kind.is_file() {
+            set(&path, FILE_MODE)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,715 @@
+//! One instance: its shared state (read by the API) and the task that runs
+//! its worker through the state machine of DESIGN §2:
+//! `parked → starting → ready → stopping → parked`, plus `backoff`/`failed`.
+//!
+//! The task is event-driven: it waits on the child's exit, control frames,
+//! the ping timer and commands from the API, never polls.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use proto::message::{Bound, Settings, Stats, TlsMaterial, Transport};
+use proto::spec::TunnelSpec;
+use proto::{Secret, ToMaster, ToWorker};
+use tokio::sync::{mpsc, oneshot};
+
+use super::backoff::{self, Next, Policy};
+use super::listeners::{self, Listeners};
+use super::spawn::{self, Launch, Worker};
+use super::{Shared, time_text};
+use crate::model::{Counters, InstanceRecord, InstanceView, WorkerView};
+use crate::sse::EventKind;
+
+/// No `Ready` within this → kill, count a failure.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// No `Pong` within this → the worker is hung: SIGKILL and restart.
+pub const PONG_DEADLINE: Duration = Duration::from_secs(15);
+/// Log lines kept per instance for `/instances/{id}/logs`.
+pub const LOG_RING: usize = 1000;
+
+/// NodePass's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Stopped,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// `worker.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Parked,
+    Starting,
+    Ready,
+    Stopping,
+    Backoff,
+    Failed,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Parked => "parked",
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Backoff => "backoff",
+            WorkerState::Failed => "failed",
+        }
+    }
+}
+
+/// What the API sees of an instance.
+pub struct State {
+    pub record: InstanceRecord,
+    pub spec: TunnelSpec,
+    pub status: Status,
+    pub worker: WorkerState,
+    pub pid: Option<u32>,
+    pub entry: Option<String>,
+    pub restarts: u64,
+    pub since: SystemTime,
+    pub last_exit: Option<String>,
+    /// Latest `Stats` of the current worker (its counters start at 0).
+    pub live: Stats,
+    /// Totals folded in from earlier workers.
+    pub base: Counters,
+    /// Worker counters at the last `reset` (subtracted from `live`).
+    pub offset: Counters,
+    pub logs: VecDeque<String>,
+}
+
+impl State {
+    pub fn totals(&self) -> Counters {
+        let d = |live: u64, off: u64| live.saturating_sub(off);
+        Counters {
+            tcprx: self.base.tcprx + d(self.live.tcprx, self.offset.tcprx),
+            tcptx: self.base.tcptx + d(self.live.tcptx, self.offset.tcptx),
+            udprx: self.base.udprx + d(self.live.udprx, self.offset.udprx),
+            udptx: self.base.udptx + d(self.live.udptx, self.offset.udptx),
+        }
+    }
+
+    pub fn view(&self) -> InstanceView {
+        let t = self.totals();
+        let running = self.pid.is_some();
+        let live = |v: u64| if running { v } else { 0 };
+        InstanceView {
+            id: self.record.id.clone(),
+            alias: self.record.alias.clone(),
+            kind: self.spec.role.as_str().into(),
+            status: self.status.as_str().into(),
+            url: self.record.url.clone(),
+            config: self.spec.config_url(),
+            restart: self.record.restart,
+            meta: self.record.meta.clone(),
+            mode: live(u64::from(self.live.mode)),
+            ping: live(self.live.ping),
+            pool: live(self.live.pool),
+            tcps: live(self.live.tcps),
+            udps: live(self.live.udps),
+            tcprx: t.tcprx,
+            tcptx: t.tcptx,
+            udprx: t.udprx,
+            udptx: t.udptx,
+            tenant: self.record.tenant.clone(),
+            worker: Some(WorkerView {
+                state: self.worker.as_str().into(),
+                pid: self.pid,
+                entry: self.entry.clone(),
+                restarts: self.restarts,
+                since: time_text(self.since),
+                last_exit: self.last_exit.clone(),
+            }),
+        }
+    }
+
+    /// Counts the current worker's traffic into `base` (it is gone).
+    fn fold_counters(&mut self) {
+        self.base = self.totals();
+        self.offset = Counters::default();
+        self.live = Stats::default();
+    }
+}
+
+/// What the API asks of the instance task.
+pub enum Command {
+    /// Run with these listeners (bound by the caller, so conflicts are synchronous).
+    Start(Listeners),
+    /// A fresh worker now, keeping the listeners; recovers `failed`.
+    Restart,
+    /// Stop the worker and release the listeners.
+    Stop(oneshot::Sender<()>),
+    /// Zero the counters.
+    Reset,
+    /// Stop and end the task.
+    Delete(oneshot::Sender<()>),
+}
+
+/// One instance: shared state plus the command line to its task.
+pub struct Instance {
+    pub id: String,
+    pub state: Mutex<State>,
+    cmds: mpsc::UnboundedSender<Command>,
+}
+
+impl Instance {
+    pub fn new(
+        record: InstanceRecord,
+        spec: TunnelSpec,
+        base: Counters,
+        shared: Arc<Shared>,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inst = Arc::new(Self {
+            id: record.id.clone(),
+            state: Mutex::new(State {
+                record,
+                spec,
+                status: Status::Stopped,
+                worker: WorkerState::Parked,
+                pid: None,
+                entry: None,
+                restarts: 0,
+                since: SystemTime::now(),
+                last_exit: None,
+                live: Stats::default(),
+                base,
+                offset: Counters::default(),
+                logs: VecDeque::new(),
+            }),
+            cmds: tx,
+        });
+        let task = Task {
+            inst: inst.clone(),
+            shared,
+            cmds: rx,
+            listeners: None,
+            policy: Policy::default(),
+        };
+        tokio::spawn(task.run());
+        inst
+    }
+
+    pub fn send(&self, cmd: Command) {
+        // The task only ends after Delete; a send after that is moot.
+        let _ = self.cmds.send(cmd);
+    }
+
+    pub fn view(&self) -> InstanceView {
+        self.lock().view()
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("instance state lock")
+    }
+}
+
+/// Why supervising a worker ended.
+enum Outcome {
+    /// The worker ended without being asked.
+    Exited { how: String, ran: Duration },
+    /// A command that needs the worker gone (already stopped).
+    Command(Command),
+}
+
+struct Task {
+    inst: Arc<Instance>,
+    shared: Arc<Shared>,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    listeners: Option<Listeners>,
+    policy: Policy,
+}
+
+impl Task {
+    fn set(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.inst.lock());
+    }
+
+    fn transition(&self, to: WorkerState) {
+        self.set(|s| {
+            s.worker = to;
+            s.since = SystemTime::now();
+        });
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.shared
+            .hub
+            .publish(EventKind::Update, Some(&self.inst.view()), "");
+    }
+
+    fn log_line(&self, line: String) {
+        let view = {
+            let mut s = self.inst.lock();
+            if s.logs.len() >= LOG_RING {
+                s.logs.pop_front();
+            }
+            s.logs.push_back(line.clone());
+            s.view()
+        };
+        tracing::info!(instance = %self.inst.id, "{line}");
+        self.shared.hub.publish(EventKind::Log, Some(&view), &line);
+    }
+
+    async fn run(mut self) {
+        while let Some(cmd) = self.cmds.recv().await {
+            match cmd {
+                Command::Start(l) => {
+                    self.listeners = Some(l);
+                    self.policy.reset();
+                    if let Some(cmd) = self.run_worker().await
+                        && self.finish(cmd).await
+                    {
+                        return;
+                    }
+                }
+                Command::Restart => {
+                    if self.listeners.is_some() {
+                        self.policy.reset();
+                        if let Some(cmd) = self.run_worker().await
+                            && self.finish(cmd).await
+                        {
+                            return;
+                        }
+                    }
+                }
+                other => {
+                    if self.finish(other).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes a stop-type command once no worker runs; true = task ends.
+    async fn finish(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Stop(done) => {
+                self.listeners = None;
+                self.set(|s| {
+                    s.status = Status::Stopped;
+                    s.entry = None;
+                });
+                self.transition(WorkerState::Parked);
+                let _ = done.send(());
+                false
+            }
+            Command::Delete(done) => {
+                self.listeners = None;
+                let _ = done.send(());
+                true
+            }
+            Command::Reset => {
+                self.reset().await;
+                false
+            }
+            Command::Start(_) | Command::Restart => false,
+        }
+    }
+
+    async fn reset(&self) {
+        let id = self.inst.id.clone();
+        self.set(|s| {
+            s.base = Counters::default();
+            s.offset = Counters {
+                tcprx: s.live.tcprx,
+                tcptx: s.live.tcptx,
+                udprx: s.live.udprx,
+                udptx: s.live.udptx,
+            };
+        });
+        if let Err(e) = self
+            .shared
+            .store
+            .put_counters(&[(id, Counters::default())])
+            .await
+        {
+            tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist reset counters");
+        }
+        self.publish();
+    }
+
+    /// Runs workers until a command stops them; returns that command.
+    async fn run_worker(&mut self) -> Option<Command> {
+        self.set(|s| s.status = Status::Running);
+        loop {
+            self.transition(WorkerState::Starting);
+            let outcome = match self.spawn().await {
+                Ok(worker) => self.supervise(worker).await,
+                Err(why) => Outcome::Exited {
+                    how: format!("spawn failed: {why}"),
+                    ran: Duration::ZERO,
+                },
+            };
+            self.persist_counters().await;
+            match outcome {
+                Outcome::Command(Command::Restart) => {
+                    self.policy.reset();
+                    continue;
+                }
+                Outcome::Command(Command::Reset) => {
+                    self.reset().await;
+                    continue;
+                }
+                Outcome::Command(cmd) => return Some(cmd),
+                Outcome::Exited { how, ran } => {
+                    tracing::warn!(instance = %self.inst.id, how, ran_ms = ran.as_millis() as u64, "worker ended unexpectedly");
+                    self.set(|s| {
+                        s.restarts += 1;
+                        s.last_exit = Some(how);
+                        s.pid = None;
+                    });
+                    match self.policy.after_exit(ran) {
+                        Next::RestartNow => {}
+                        Next::RestartAfter(d) => {
+                            self.transition(WorkerState::Backoff);
+                            if let Some(cmd) = self.wait_command(d).await {
+                                match cmd {
+                                    Command::Restart | Command::Start(_) => self.policy.reset(),
+                                    Command::Reset => self.reset().await,
+                                    other => return Some(other),
+                                }
+                            }
+                        }
+                        Next::Failed => {
+                            self.set(|s| s.status = Status::Error);
+                            self.transition(WorkerState::Failed);
+                            tracing::error!(instance = %self.inst.id, "worker keeps failing; marked failed, retrying every 5 min");
+                            loop {
+                                match self.wait_command(backoff::FAILED_RETRY).await {
+                                    None | Some(Command::Restart) | Some(Command::Start(_)) => {
+                                        break;
+                                    }
+                                    Some(Command::Reset) => self.reset().await,
+                                    Some(other) => return Some(other),
+                                }
+                            }
+                            self.policy.reset();
+                            self.set(|s| s.status = Status::Running);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `d` or until a command arrives.
+    async fn wait_command(&mut self, d: Duration) -> Option<Command> {
+        tokio::select! {
+            cmd = self.cmds.recv() => cmd.or(Some(Command::Delete(oneshot::channel().0))),
+            () = tokio::time::sleep(d) => None,
+        }
+    }
+
+    async fn spawn(&self) -> Result<Worker, String> {
+        let listeners = self.listeners.as_ref().ok_or("no listeners")?;
+        let (url, tls) = {
+            let s = self.inst.lock();
+            let tls = s.record.cert.as_ref().map(|c| TlsMaterial {
+                cert_pem: c.cert_pem.clone(),
+                key_pem: Secret::new(c.key_pem.clone()),
+            });
+            (s.record.url.clone(), tls)
+        };
+        let inst = self.inst.clone();
+        let hub = self.shared.hub.clone();
+        let on_stderr = move |line: String| {
+            let line = format!("worker stderr: {line}");
+            let view = {
+                let mut s = inst.lock();
+                if s.logs.len() >= LOG_RING {
+                    s.logs.pop_front();
+                }
+                s.logs.push_back(line.clone());
+                s.view()
+            };
+            tracing::warn!(instance = %inst.id, "{line}");
+            hub.publish(EventKind::Log, Some(&view), &line);
+        };
+        let launch = Launch {
+            id: &self.inst.id,
+            url: &url,
+            log: self.shared.log.as_str(),
+            tls,
+            settings: Settings {
+                stats_interval_ms: self.shared.stats_interval.as_millis() as u64,
+                grace_ms: self.shared.grace.as_millis() as u64,
+                idle_ms: None,
+            },
+        };
+        let worker = spawn::spawn(&self.shared.worker_bin, launch, listeners, on_stderr).await?;
+        self.set(|s| {
+            s.pid = Some(worker.pid);
+            s.live = Stats::default();
+        });
+        tracing::info!(instance = %self.inst.id, pid = worker.pid, "worker spawned");
+        Ok(worker)
+    }
+
+    /// Watches a worker until it exits or a command stops it.
+    async fn supervise(&mut self, mut w: Worker) -> Outcome {
+        let started = Instant::now();
+        let mut ready = false;
+        let mut last_pong = Instant::now();
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        let mut seq = 0u64;
+        let mut fatal: Option<String> = None;
+        let ready_deadline = tokio::time::sleep(READY_TIMEOUT);
+        tokio::pin!(ready_deadline);
+        loop {
+            tokio::select! {
+                status = w.child.wait() => {
+                    return Outcome::Exited { how: exit_text(status, fatal), ran: started.elapsed() };
+                }
+                msg = w.channel.recv() => match msg {
+                    Ok(Some((msg, _fds))) => {
+                        if let Some(f) = self.on_message(&w, msg, &mut ready, &mut last_pong).await {
+                            fatal = Some(f);
+                        }
+                    }
+                    Ok(None) => {
+                        // Control closed: the worker is exiting; its exit status follows.
+                        let status = w.child.wait().await;
+                        return Outcome::Exited { how: exit_text(status, fatal), ran: started.elapsed() };
+                    }
+                    Err(e) => {
+                        tracing::error!(instance = %self.inst.id, cause = %e, "protocol error from the worker; killing it");
+                        w.signal_group(Signal::SIGKILL);
+                        let status = w.child.wait().await;
+                        return Outcome::Exited { how: exit_text(status, Some(format!("protocol error: {e}"))), ran: started.elapsed() };
+                    }
+                },
+                cmd = self.cmds.recv() => {
+                    let cmd = cmd.unwrap_or(Command::Delete(oneshot::channel().0));
+                    match cmd {
+                        Command::Reset => {
+                            self.reset().await;
+                            let _ = w.channel.send(&ToWorker::ResetCounters, &[]).await;
+                        }
+                        Command::Start(_) => {}
+                        cmd => {
+                            self.stop_worker(&mut w).await;
+                            return Outcome::Command(cmd);
+                        }
+                    }
+                }
+                _ = ping.tick(), if ready => {
+                    if last_pong.elapsed() > PONG_DEADLINE {
+                        tracing::error!(instance = %self.inst.id, pid = w.pid, "worker hung (no Pong in 15 s); killing it");
+                        w.signal_group(Signal::SIGKILL);
+                        let status = w.child.wait().await;
+                        return Outcome::Exited { how: exit_text(status, Some("hung: no Pong in 15 s".into())), ran: started.elapsed() };
+                    }
+                    seq += 1;
+                    let _ = w.channel.send(&ToWorker::Ping { seq }, &[]).await;
+                }
+                () = &mut ready_deadline, if !ready => {
+                    tracing::error!(instance = %self.inst.id, pid = w.pid, "worker not ready within 10 s; killing it");
+                    w.signal_group(Signal::SIGKILL);
+                    let status = w.child.wait().await;
+                    return Outcome::Exited { how: exit_text(status, Some("not ready within 10 s".into())), ran: started.elapsed() };
+                }
+            }
+        }
+    }
+
+    /// Handles one worker message; returns a `Fatal` message if it was one.
+    async fn on_message(
+        &mut self,
+        w: &Worker,
+        msg: ToMaster,
+        ready: &mut bool,
+        last_pong: &mut Instant,
+    ) -> Option<String> {
+        match msg {
+            ToMaster::Ready(r) => {
+                *ready = true;
+                *last_pong = Instant::now();
+                self.set(|s| {
+                    s.entry = r.entry.clone();
+                    s.live.mode = r.mode;
+                });
+                tracing::info!(instance = %self.inst.id, pid = r.pid, mode = r.mode, entry = ?r.entry, "worker ready");
+                self.transition(WorkerState::Ready);
+            }
+            ToMaster::Stats(st) => {
+                let changed = {
+                    let mut s = self.inst.lock();
+                    let changed = s.live != st;
+                    s.live = st;
+                    changed
+                };
+                // Stats arrive once per interval, so this is at most one update per interval.
+                if changed {
+                    self.publish();
+                }
+            }
+            ToMaster::Log(l) => self.log_line(l.line),
+            ToMaster::Pong { .. } => *last_pong = Instant::now(),
+            ToMaster::Bind(b) => self.on_bind(w, b.addr, b.proto).await,
+            ToMaster::Fatal { message } => {
+                tracing::error!(instance = %self.inst.id, message, "worker reported a fatal error");
+                self.log_line(format!("fatal: {message}"));
+                return Some(message);
+            }
+        }
+        None
+    }
+
+    /// Binds what the worker asks for, if its URL allows it.
+    async fn on_bind(&mut self, w: &Worker, addr: String, proto: Transport) {
+        let spec = self.inst.lock().spec.clone();
+        let answer_err = |reason: String| {
+            ToWorker::BindError(proto::message::BindError {
+                addr: addr.clone(),
+                proto,
+                reason,
+            })
+        };
+        if !listeners::may_bind(&spec, &addr) {
+            tracing::warn!(instance = %self.inst.id, addr, "worker asked to bind an address its URL does not name; refused");
+            let _ = w
+                .channel
+                .send(&answer_err("not an address of this instance".into()), &[])
+                .await;
+            return;
+        }
+        // The listeners live in the task; `Listeners` is not shared, so bind here.
+        let hp = match proto::spec::HostPort::parse(&addr, "addr") {
+            Ok(hp) => hp,
+            Err(e) => {
+                let _ = w.channel.send(&answer_err(e.to_string()), &[]).await;
+                return;
+            }
+        };
+        let Some(listeners) = self.listeners.as_mut() else {
+            let _ = w
+                .channel
+                .send(&answer_err("instance is stopping".into()), &[])
+                .await;
+            return;
+        };
+        let res = if listeners.get(&addr, proto).is_some() {
+            Ok(listeners.get(&addr, proto).expect("just checked"))
+        } else {
+            listeners.bind(&hp, proto, proto::message::ListenerRole::Entrance)
+        };
+        match res {
+            Ok(fd) => {
+                let msg = ToWorker::Bound(Bound {
+                    addr: addr.clone(),
+                    proto,
+                });
+                use std::os::fd::AsFd;
+                let _ = w.channel.send(&msg, &[fd.as_fd()]).await;
+            }
+            Err(e) => {
+                let _ = w.channel.send(&answer_err(e.to_string()), &[]).await;
+            }
+        }
+    }
+
+    /// Graceful stop: `Shutdown` → grace → SIGTERM → SIGKILL of the group,
+    /// processing the worker's last messages (final stats) meanwhile.
+    async fn stop_worker(&mut self, w: &mut Worker) {
+        self.transition(WorkerState::Stopping);
+        let grace = self.shared.grace;
+        let _ = w
+            .channel
+            .send(
+                &ToWorker::Shutdown {
+                    grace_ms: grace.as_millis() as u64,
+                },
+                &[],
+            )
+            .await;
+        let mut ready = true;
+        let mut pong = Instant::now();
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+        let mut escalated = false;
+        loop {
+            tokio::select! {
+                status = w.child.wait() => {
+                    tracing::info!(instance = %self.inst.id, pid = w.pid, how = exit_text(status, None), "worker stopped");
+                    break;
+                }
+                msg = w.channel.recv() => {
+                    if let Ok(Some((msg, _))) = msg {
+                        self.on_message(w, msg, &mut ready, &mut pong).await;
+                    } else {
+                        // Channel closed or broken: only the exit is left to wait for.
+                        let _ = tokio::time::timeout_at(deadline, w.child.wait()).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if escalated {
+                        w.signal_group(Signal::SIGKILL);
+                    } else {
+                        tracing::warn!(instance = %self.inst.id, pid = w.pid, "worker did not stop within the grace; SIGTERM");
+                        w.signal_group(Signal::SIGTERM);
+                        escalated = true;
+                    }
+                }
+            }
+        }
+        // Anything left in the group (it should be empty) goes too.
+        w.signal_group(Signal::SIGKILL);
+        self.set(|s| {
+            s.pid = None;
+            s.fold_counters();
+        });
+    }
+
+    async fn persist_counters(&self) {
+        let totals = {
+            let mut s = self.inst.lock();
+            s.pid = None;
+            s.fold_counters();
+            s.totals()
+        };
+        if let Err(e) = self
+            .shared
+            .store
+            .put_counters(&[(self.inst.id.clone(), totals)])
+            .await
+        {
+            tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist counters");
+        }
+    }
+}
+
+/// `exit 0`, `signal 9 (SIGKILL)`, with the worker's fatal message if any.
+fn exit_text(status: std::io::Result<std::process::ExitStatus>, fatal: Option<String>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let base = match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(sig)) => match Signal::try_from(sig) {
+                Ok(name) => format!("signal {sig} ({name})"),
+                Err(_) => format!("signal {sig}"),
+            },
+            _ => "unknown".into(),
+        },
+        Err(e) => format!("wait failed: {e}"),
+    };
+    match fatal {
+        Some(f) => format!("{base}: {f}"),
+        None => base,
+    }
+}

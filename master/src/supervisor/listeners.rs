@@ -1,0 +1,166 @@
+//! The listeners the master binds for an instance, before its worker starts
+//! and for as long as the instance should run (DESIGN §1): a port conflict is
+//! a synchronous 409, and connections wait in the backlog while a worker
+//! restarts.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use proto::listen;
+use proto::message::{ListenerInfo, ListenerRole, Transport};
+use proto::spec::{HostPort, Role, TunnelSpec};
+
+/// Why a listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another instance or process holds the port.
+    #[error("Instance port conflict: {addr}")]
+    Conflict { addr: String },
+    /// The address cannot be bound here at all (not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Unusable { addr: String, source: io::Error },
+}
+
+/// Bound sockets of one instance; the master keeps these while it runs.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    items: Vec<(ListenerInfo, OwnedFd)>,
+}
+
+impl Listeners {
+    /// Binds what the URL names: a server's tunnel port and (reverse mode)
+    /// its entrance; a single-end client's entrance. Mode 0 tries the
+    /// entrance and leaves it to the worker when it does not bind.
+    pub fn bind_for(spec: &TunnelSpec) -> Result<Self, BindError> {
+        let p = &spec.params;
+        let mut l = Listeners::default();
+        match spec.role {
+            Role::Server => {
+                l.bind(&spec.tunnel, Transport::Tcp, ListenerRole::Tunnel)?;
+                if p.mode != 2 {
+                    let entrance = l.bind_entrance(&spec.targets[0], !p.notcp, !p.noudp);
+                    if p.mode == 1 {
+                        entrance?;
+                    }
+                }
+            }
+            Role::Client => {
+                if p.mode != 2 {
+                    let entrance = l.bind_entrance(&spec.tunnel, !p.notcp, !p.noudp);
+                    if p.mode == 1 {
+                        entrance?;
+                    }
+                }
+            }
+        }
+        Ok(l)
+    }
+
+    /// Binds an entrance's TCP and UDP sockets, all or nothing.
+    fn bind_entrance(&mut self, addr: &HostPort, tcp: bool, udp: bool) -> Result<(), BindError> {
+        let before = self.items.len();
+        let res = (|| {
+            if tcp {
+                self.bind(addr, Transport::Tcp, ListenerRole::Entrance)?;
+            }
+            if udp {
+                self.bind(addr, Transport::Udp, ListenerRole::Entrance)?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            self.items.truncate(before);
+        }
+        res
+    }
+
+    /// Binds one socket and keeps it.
+    pub fn bind(
+        &mut self,
+        addr: &HostPort,
+        proto: Transport,
+        role: ListenerRole,
+    ) -> Result<&OwnedFd, BindError> {
+        let fd = bind_one(addr, proto)?;
+        self.items.push((
+            ListenerInfo {
+                addr: addr.to_string(),
+                proto,
+                role,
+            },
+            fd,
+        ));
+        Ok(&self.items.last().expect("just pushed").1)
+    }
+
+    /// The listener for `addr`/`proto` if already bound.
+    pub fn get(&self, addr: &str, proto: Transport) -> Option<&OwnedFd> {
+        self.items
+            .iter()
+            .find(|(i, _)| i.addr == addr && i.proto == proto)
+            .map(|(_, fd)| fd)
+    }
+
+    /// What `Hello` lists, in the order of [`Listeners::fds`].
+    pub fn infos(&self) -> Vec<ListenerInfo> {
+        self.items.iter().map(|(i, _)| i.clone()).collect()
+    }
+
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.items.iter().map(|(_, fd)| fd.as_fd()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+fn bind_one(addr: &HostPort, proto: Transport) -> Result<OwnedFd, BindError> {
+    let unusable = |source| BindError::Unusable {
+        addr: addr.to_string(),
+        source,
+    };
+    let sa = listen::listen_addr(addr).map_err(unusable)?;
+    let res = match proto {
+        Transport::Tcp => listen::bind_tcp(sa).map(OwnedFd::from),
+        Transport::Udp => listen::bind_udp(sa).map(OwnedFd::from),
+    };
+    res.map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => BindError::Conflict {
+            addr: format!("{addr}/{}", proto.as_str()),
+        },
+        _ => unusable(e),
+    })
+}
+
+/// Whether a worker of `spec` may ask for `addr` (DESIGN §1: only what its
+/// URL allows: the tunnel address or the first target).
+pub fn may_bind(spec: &TunnelSpec, addr: &str) -> bool {
+    addr == spec.tunnel.to_string() || addr == spec.targets[0].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second instance on the same port is a conflict naming the address.
+    #[test]
+    fn conflict() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let spec: TunnelSpec = format!("server://127.0.0.1:{port}/127.0.0.1:1?mode=2")
+            .parse()
+            .unwrap();
+        let held = Listeners::bind_for(&spec).unwrap();
+        assert_eq!(held.infos().len(), 1);
+        let err = Listeners::bind_for(&spec).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Instance port conflict: 127.0.0.1:"),
+            "{err}"
+        );
+        assert!(may_bind(&spec, "127.0.0.1:1"));
+        assert!(!may_bind(&spec, "127.0.0.1:2"));
+    }
+}

@@ -1,0 +1,496 @@
+//! The supervisor: every instance, each run by its own task (see
+//! [`instance`]), and the operations the API performs on them.
+//!
+//! Stop order of the master (DESIGN §7): stop accepting API requests →
+//! `Shutdown{grace_ms}` to every worker at once → wait out the grace →
+//! SIGTERM, then SIGKILL of each worker's group → persist counters → flush.
+
+pub mod backoff;
+pub mod instance;
+pub mod listeners;
+pub mod spawn;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use proto::spec::TunnelSpec;
+use tokio::sync::oneshot;
+
+use crate::model::{
+    CertRecord, Counters, InstanceRecord, InstanceView, MAX_FIELD, Meta, SCHEMA_VERSION,
+};
+use crate::sse::{EventKind, Hub};
+use crate::store::Store;
+use instance::{Command, Instance, Status};
+use listeners::{BindError, Listeners};
+
+/// What every instance task needs from the master.
+pub struct Shared {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub worker_bin: PathBuf,
+    /// Log level handed to workers without their own `log=`.
+    pub log: String,
+    pub stats_interval: Duration,
+    pub grace: Duration,
+}
+
+/// An operation the API asked for that cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum SupError {
+    #[error("Instance not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl From<BindError> for SupError {
+    fn from(e: BindError) -> Self {
+        match e {
+            BindError::Conflict { .. } => SupError::Conflict(e.to_string()),
+            BindError::Unusable { .. } => SupError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// What a new instance is made from (validated here).
+pub struct NewInstance {
+    pub url: String,
+    pub alias: String,
+    pub restart: bool,
+    pub tenant: String,
+}
+
+/// The master-wide defaults applied to instance URLs (NodePass "enhancement").
+#[derive(Clone, Default)]
+pub struct UrlDefaults {
+    pub log: Option<String>,
+    pub tls: u8,
+    pub crt: Option<String>,
+    pub key: Option<String>,
+}
+
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    instances: RwLock<BTreeMap<String, Arc<Instance>>>,
+    defaults: UrlDefaults,
+}
+
+/// RFC 3339 text for API fields.
+pub fn time_text(t: SystemTime) -> String {
+    proto::clock::rfc3339(t)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// `[a-z0-9_-]{1,32}`.
+pub fn valid_tenant(t: &str) -> bool {
+    (1..=32).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Supervisor {
+    pub fn new(shared: Arc<Shared>, defaults: UrlDefaults) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            instances: RwLock::new(BTreeMap::new()),
+            defaults,
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Parses a user URL, applies the master defaults, returns (canonical URL, spec).
+    pub fn normalise(&self, url: &str) -> Result<(String, TunnelSpec), SupError> {
+        let mut spec =
+            TunnelSpec::parse(url).map_err(|e| SupError::Invalid(format!("Invalid URL: {e}")))?;
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let has = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+        if !has("log")
+            && let Some(level) = self.defaults.log.as_deref().and_then(|l| l.parse().ok())
+        {
+            spec.params.log = level;
+        }
+        if spec.role == proto::Role::Server && self.defaults.tls != 0 && !has("tls") {
+            spec.params.tls = self.defaults.tls;
+            if self.defaults.tls == 2 {
+                spec.params.crt = spec.params.crt.or(self.defaults.crt.clone());
+                spec.params.key = spec.params.key.or(self.defaults.key.clone());
+            }
+        }
+        let canonical = spec.to_string();
+        // What the API stores must parse back to the same tunnel.
+        let spec = TunnelSpec::parse(&canonical)
+            .map_err(|e| SupError::Invalid(format!("Invalid URL: {e}")))?;
+        Ok((canonical, spec))
+    }
+
+    /// Loads the stored instances and starts those with `restart:true`.
+    /// Returns the problems found (skipped records, ports in use).
+    pub async fn restore(self: &Arc<Self>) -> Vec<String> {
+        let (records, mut problems) = self.shared.store.instances();
+        for record in records {
+            let spec = match TunnelSpec::parse(&record.url) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(format!(
+                        "instance {}: skipped: stored URL no longer parses: {e}",
+                        record.id
+                    ));
+                    continue;
+                }
+            };
+            let base = self.shared.store.counters(&record.id);
+            let autostart = record.restart;
+            let id = record.id.clone();
+            let inst = Instance::new(record, spec.clone(), base, self.shared.clone());
+            self.instances
+                .write()
+                .expect("instances lock")
+                .insert(id.clone(), inst.clone());
+            if autostart {
+                match self.prepare_start(&inst, &spec).await {
+                    Ok(l) => inst.send(Command::Start(l)),
+                    Err(e) => {
+                        inst.lock().status = Status::Error;
+                        problems.push(format!("instance {id}: not started: {e}"));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Binds an instance's listeners (a conflict is a synchronous error) and
+    /// makes sure a `tls=1` server has its certificate.
+    async fn prepare_start(
+        &self,
+        inst: &Instance,
+        spec: &TunnelSpec,
+    ) -> Result<Listeners, SupError> {
+        let listeners = Listeners::bind_for(spec)?;
+        if spec.role == proto::Role::Server
+            && spec.params.tls == 1
+            && inst.lock().record.cert.is_none()
+        {
+            let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
+                .map_err(|e| SupError::Invalid(format!("self-signed certificate: {e}")))?;
+            let cert = CertRecord {
+                cert_pem: ck.cert.pem(),
+                key_pem: ck.signing_key.serialize_pem(),
+            };
+            let record = {
+                let mut s = inst.lock();
+                s.record.cert = Some(cert);
+                s.record.clone()
+            };
+            self.persist(&record).await?;
+        }
+        inst.lock().status = Status::Running;
+        Ok(listeners)
+    }
+
+    async fn persist(&self, record: &InstanceRecord) -> Result<(), SupError> {
+        self.shared
+            .store
+            .put_instance(record)
+            .await
+            .map_err(|e| SupError::Store(e.to_string()))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Instance>> {
+        self.instances
+            .read()
+            .expect("instances lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn require(&self, id: &str) -> Result<Arc<Instance>, SupError> {
+        self.get(id).ok_or(SupError::NotFound)
+    }
+
+    /// Every instance view, in id order.
+    pub fn list(&self) -> Vec<InstanceView> {
+        let all: Vec<Arc<Instance>> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        all.iter().map(|i| i.view()).collect()
+    }
+
+    /// Counts of instances by status, for `STATUS=` and metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let all: Vec<Arc<Instance>> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut c = (0, 0, 0);
+        for i in all {
+            match i.lock().status {
+                Status::Running => c.0 += 1,
+                Status::Stopped => c.1 += 1,
+                Status::Error => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    /// POST /instances: validate, bind, persist, start.
+    pub async fn create(self: &Arc<Self>, new: NewInstance) -> Result<InstanceView, SupError> {
+        if new.alias.len() > MAX_FIELD {
+            return Err(SupError::Invalid(format!(
+                "Instance alias exceeds maximum length {MAX_FIELD}"
+            )));
+        }
+        if !valid_tenant(&new.tenant) {
+            return Err(SupError::Invalid(
+                "Invalid tenant: expected [a-z0-9_-]{1,32}".into(),
+            ));
+        }
+        let (url, spec) = self.normalise(&new.url)?;
+        let id = loop {
+            let id = hex::encode(rand::random::<[u8; 4]>());
+            if self.get(&id).is_none() {
+                break id;
+            }
+        };
+        let record = InstanceRecord {
+            v: SCHEMA_VERSION,
+            id: id.clone(),
+            alias: new.alias,
+            url,
+            restart: new.restart,
+            meta: Meta::default(),
+            tenant: new.tenant,
+            cert: None,
+            created_ms: now_ms(),
+        };
+        let inst = Instance::new(
+            record.clone(),
+            spec.clone(),
+            Counters::default(),
+            self.shared.clone(),
+        );
+        let listeners = match self.prepare_start(&inst, &spec).await {
+            Ok(l) => l,
+            Err(e) => {
+                inst.send(Command::Delete(oneshot::channel().0));
+                return Err(e);
+            }
+        };
+        let record = inst.lock().record.clone();
+        if let Err(e) = self.persist(&record).await {
+            inst.send(Command::Delete(oneshot::channel().0));
+            return Err(e);
+        }
+        self.instances
+            .write()
+            .expect("instances lock")
+            .insert(id, inst.clone());
+        inst.lock().worker = instance::WorkerState::Starting;
+        inst.send(Command::Start(listeners));
+        let view = inst.view();
+        self.shared.hub.publish(EventKind::Create, Some(&view), "");
+        Ok(view)
+    }
+
+    /// PATCH action start: a stopped instance starts; a failed one restarts.
+    pub async fn start(&self, id: &str) -> Result<(), SupError> {
+        let inst = self.require(id)?;
+        let (status, spec) = {
+            let s = inst.lock();
+            (s.status, s.spec.clone())
+        };
+        match status {
+            Status::Running => Ok(()),
+            Status::Error
+                if inst.lock().pid.is_some()
+                    || inst.lock().worker != instance::WorkerState::Parked =>
+            {
+                inst.send(Command::Restart);
+                Ok(())
+            }
+            _ => {
+                let l = self.prepare_start(&inst, &spec).await?;
+                inst.send(Command::Start(l));
+                Ok(())
+            }
+        }
+    }
+
+    /// PATCH action stop: waits until the worker is gone.
+    pub async fn stop(&self, id: &str) -> Result<(), SupError> {
+        let inst = self.require(id)?;
+        if inst.lock().status == Status::Stopped {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        inst.send(Command::Stop(tx));
+        let _ = rx.await;
+        Ok(())
+    }
+
+    /// PATCH action restart: a fresh worker, listeners kept.
+    pub async fn restart(&self, id: &str) -> Result<(), SupError> {
+        let inst = self.require(id)?;
+        if inst.lock().status == Status::Stopped {
+            return self.start(id).await;
+        }
+        inst.send(Command::Restart);
+        Ok(())
+    }
+
+    /// PATCH action reset: zero the counters.
+    pub fn reset(&self, id: &str) -> Result<(), SupError> {
+        self.require(id)?.send(Command::Reset);
+        Ok(())
+    }
+
+    /// Changes stored fields (alias, restart, meta) and persists them.
+    pub async fn update(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut InstanceRecord),
+    ) -> Result<InstanceView, SupError> {
+        let inst = self.require(id)?;
+        let record = {
+            let mut s = inst.lock();
+            let mut r = s.record.clone();
+            f(&mut r);
+            if r == s.record {
+                return Ok(s.view());
+            }
+            s.record = r.clone();
+            r
+        };
+        self.persist(&record).await?;
+        let view = inst.view();
+        self.shared.hub.publish(EventKind::Update, Some(&view), "");
+        Ok(view)
+    }
+
+    /// PUT: a new URL; 409 when it is unchanged or its ports are taken.
+    pub async fn set_url(&self, id: &str, url: &str) -> Result<InstanceView, SupError> {
+        let inst = self.require(id)?;
+        let (url, spec) = self.normalise(url)?;
+        if inst.lock().record.url == url {
+            return Err(SupError::Conflict("Instance URL conflict".into()));
+        }
+        let old_spec = inst.lock().spec.clone();
+        self.stop(id).await?;
+        let listeners = match Listeners::bind_for(&spec) {
+            Ok(l) => l,
+            Err(e) => {
+                // Put the old tunnel back as it was before refusing.
+                if let Ok(l) = Listeners::bind_for(&old_spec) {
+                    inst.lock().status = Status::Running;
+                    inst.send(Command::Start(l));
+                }
+                return Err(e.into());
+            }
+        };
+        let record = {
+            let mut s = inst.lock();
+            s.record.url = url;
+            if s.spec.params.tls != spec.params.tls {
+                s.record.cert = None;
+            }
+            s.spec = spec.clone();
+            s.record.clone()
+        };
+        self.persist(&record).await?;
+        drop(listeners);
+        let l = self.prepare_start(&inst, &spec).await?;
+        inst.send(Command::Start(l));
+        let view = inst.view();
+        self.shared.hub.publish(EventKind::Update, Some(&view), "");
+        Ok(view)
+    }
+
+    /// DELETE: stop, forget, remove from the store (with counters and bindings).
+    pub async fn delete(&self, id: &str) -> Result<(), SupError> {
+        let inst = self.require(id)?;
+        let (tx, rx) = oneshot::channel();
+        inst.send(Command::Delete(tx));
+        let _ = rx.await;
+        self.shared
+            .store
+            .delete_instance(id)
+            .await
+            .map_err(|e| SupError::Store(e.to_string()))?;
+        self.instances.write().expect("instances lock").remove(id);
+        let view = inst.view();
+        self.shared.hub.publish(EventKind::Delete, Some(&view), "");
+        Ok(())
+    }
+
+    /// Recent log lines of an instance.
+    pub fn logs(&self, id: &str, tail: usize) -> Result<Vec<String>, SupError> {
+        let inst = self.require(id)?;
+        let s = inst.lock();
+        let skip = s.logs.len().saturating_sub(tail);
+        Ok(s.logs.iter().skip(skip).cloned().collect())
+    }
+
+    /// Writes every instance's counters (periodically and on stop).
+    pub async fn persist_counters(&self) {
+        let all: Vec<Arc<Instance>> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        let batch: Vec<(String, Counters)> = all
+            .iter()
+            .map(|i| (i.id.clone(), i.lock().totals()))
+            .collect();
+        if let Err(e) = self.shared.store.put_counters(&batch).await {
+            tracing::error!(cause = %e, "cannot persist counters");
+        }
+    }
+
+    /// Master stop: every worker gets `Shutdown` at once; returns when all are gone.
+    pub async fn stop_all(&self) {
+        let all: Vec<Arc<Instance>> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut waits = Vec::new();
+        for inst in all {
+            if inst.lock().status != Status::Stopped {
+                let (tx, rx) = oneshot::channel();
+                inst.send(Command::Stop(tx));
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        self.persist_counters().await;
+    }
+}

@@ -1,0 +1,133 @@
+//! Starting a worker process.
+//!
+//! 1. `socketpair()`; the worker's end becomes its fd 3.
+//! 2. `drover-worker --instance <id> --control-fd 3`, empty environment, own
+//!    process group, `PR_SET_PDEATHSIG(SIGKILL)` so it dies with the master.
+//! 3. `Hello` with the URL (never on argv or in the environment), TLS
+//!    material, settings and the listeners as `SCM_RIGHTS`.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use proto::message::{Hello, Settings, TlsMaterial};
+use proto::{MasterChannel, PROTOCOL_VERSION, Secret, ToWorker};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+use super::listeners::Listeners;
+
+/// A running worker process and its control channel.
+pub struct Worker {
+    pub child: Child,
+    pub pid: u32,
+    pub channel: MasterChannel,
+}
+
+impl Worker {
+    /// Signals the worker's whole process group.
+    pub fn signal_group(&self, sig: Signal) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+    }
+}
+
+/// The worker binary: `DROVER_WORKER_BIN`, else beside our own executable.
+pub fn worker_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("DROVER_WORKER_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("drover-worker")))
+        .unwrap_or_else(|| PathBuf::from("drover-worker"))
+}
+
+/// What the worker needs besides its listeners.
+pub struct Launch<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub log: &'a str,
+    pub tls: Option<TlsMaterial>,
+    pub settings: Settings,
+}
+
+/// Spawns a worker and sends it `Hello`. stderr lines (panics) go to `on_stderr`.
+pub async fn spawn(
+    bin: &Path,
+    launch: Launch<'_>,
+    listeners: &Listeners,
+    on_stderr: impl Fn(String) + Send + 'static,
+) -> Result<Worker, String> {
+    let (master_end, worker_end) = proto::socketpair().map_err(|e| format!("socketpair: {e}"))?;
+    let child_fd = worker_end.as_raw_fd();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--instance")
+        .arg(launch.id)
+        .arg("--control-fd")
+        .arg("3")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    // SAFETY: only async-signal-safe calls (dup2, fcntl, setpgid, prctl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if child_fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setpgid(0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    drop(worker_end);
+    let pid = child.id().ok_or("worker exited at once")?;
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                on_stderr(line);
+            }
+        });
+    }
+    let channel =
+        MasterChannel::from_std(master_end).map_err(|e| format!("control channel: {e}"))?;
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        instance: launch.id.to_string(),
+        url: Secret::new(launch.url),
+        log: launch.log.to_string(),
+        tls: launch.tls,
+        listeners: listeners.infos(),
+        settings: launch.settings,
+    };
+    let worker = Worker {
+        child,
+        pid,
+        channel,
+    };
+    if let Err(e) = worker
+        .channel
+        .send(&ToWorker::Hello(hello), &listeners.fds())
+        .await
+    {
+        worker.signal_group(Signal::SIGKILL);
+        return Err(format!("sending Hello: {e}"));
+    }
+    Ok(worker)
+}
