@@ -27,6 +27,8 @@ pub struct Config {
     pub gateway: Option<String>,
     pub gateway_default: Option<String>,
     pub lru: usize,
+    /// Per-tenant cgroup limits (`tenant_mem`, `tenant_pids`).
+    pub tenant_limits: crate::supervisor::isolation::TenantLimits,
 }
 
 /// A master URL that cannot be used, naming the part.
@@ -93,6 +95,7 @@ impl Config {
             gateway: None,
             gateway_default: None,
             lru: 10_000,
+            tenant_limits: Default::default(),
         };
         for (name, value) in form_pairs(raw.query) {
             let value = value.as_str();
@@ -124,9 +127,24 @@ impl Config {
                             ))
                         })?
                 }
+                "tenant_mem" => {
+                    cfg.tenant_limits.memory = Some(parse_bytes(value).ok_or_else(|| {
+                        bad(format!(
+                            "param tenant_mem: {value:?} is not a size like 64M or 1G"
+                        ))
+                    })?)
+                }
+                "tenant_pids" => {
+                    cfg.tenant_limits.pids =
+                        Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            bad(format!(
+                                "param tenant_pids: {value:?} is not a positive integer"
+                            ))
+                        })?)
+                }
                 other => {
                     return Err(bad(format!(
-                        "param {other}: unknown parameter (known: log tls crt key gateway gateway_default lru)"
+                        "param {other}: unknown parameter (known: log tls crt key gateway gateway_default lru tenant_mem tenant_pids)"
                     )));
                 }
             }
@@ -148,6 +166,20 @@ impl Config {
         };
         SocketAddr::new(ip, self.port)
     }
+}
+
+/// `1048576`, `64K`, `64M`, `1G` (powers of 1024).
+fn parse_bytes(v: &str) -> Option<u64> {
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 'K' | 'k') => (&v[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&v[..i], 1 << 20),
+        (i, 'G' | 'g') => (&v[..i], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|b| *b >= 1 << 20)
 }
 
 fn form_pairs(query: &str) -> Vec<(String, String)> {

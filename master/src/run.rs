@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
 use crate::sse::Hub;
 use crate::store::{self, Store};
+use crate::supervisor::isolation::Isolation;
 use crate::supervisor::{Shared, Supervisor, UrlDefaults, spawn};
 use crate::sysinfo::Sampler;
 
@@ -29,6 +30,24 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 pub const GRACE: Duration = Duration::from_secs(10);
 /// SSE events kept for `Last-Event-ID` resume.
 const REPLAY: usize = 4096;
+
+/// Root of the tenants' private working directories: `DROVER_TENANT_DIR`,
+/// else `$RUNTIME_DIRECTORY/tenants`, else `/tmp/drover-tenants`.
+fn tenant_root() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("DROVER_TENANT_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        return std::path::Path::new(&first).join("tenants");
+    }
+    std::env::temp_dir().join("drover-tenants")
+}
 
 /// Loads the master record or makes one (printing the key once).
 async fn master_record(store: &Store) -> Result<MasterRecord> {
@@ -104,6 +123,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         log: cfg.log_text.clone(),
         stats_interval: STATS_INTERVAL,
         grace: GRACE,
+        isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits),
     });
     let defaults = UrlDefaults {
         log: Some(cfg.log_text.clone()),

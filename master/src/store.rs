@@ -43,8 +43,10 @@ use tracing::{error, warn};
 
 use crate::model::{CounterRecord, Counters, InstanceRecord, MasterRecord, SCHEMA_VERSION};
 
-/// The one key of the `master` tree.
+/// The master record's key in the `master` tree.
 const MASTER_KEY: &str = "master";
+/// Key of the tenant → uid map in the `master` tree.
+const TENANT_UIDS_KEY: &str = "tenant_uids";
 /// sled's page cache; its 1 GiB default is far more than a few hundred records need.
 const CACHE_CAPACITY: u64 = 64 << 20;
 const DIR_MODE: u32 = 0o700;
@@ -232,6 +234,29 @@ impl Store {
         self.master
             .insert(MASTER_KEY, value)
             .map_err(sled_err("writing", "master", MASTER_KEY))?;
+        self.flush().await
+    }
+
+    /// Tenant → uid allocations (isolation); empty when none or unreadable.
+    pub fn tenant_uids(&self) -> std::collections::BTreeMap<String, u32> {
+        match self.master.get(TENANT_UIDS_KEY) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::error!(cause = %e, "tenant uid map unreadable; allocating afresh");
+                Default::default()
+            }),
+            _ => Default::default(),
+        }
+    }
+
+    /// Stores the tenant → uid allocations durably.
+    pub async fn put_tenant_uids(
+        &self,
+        map: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), StoreError> {
+        let value = encode(map, "master", TENANT_UIDS_KEY)?;
+        self.master
+            .insert(TENANT_UIDS_KEY, value)
+            .map_err(sled_err("writing", "master", TENANT_UIDS_KEY))?;
         self.flush().await
     }
 

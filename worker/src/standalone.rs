@@ -97,6 +97,6 @@ fn print_line(stats: &Stats) {
     eprintln!(
         "{} EVENT {}",
         proto::clock::now(),
-        stats.snapshot().check_point()
+        crate::stats::check_point(&stats.snapshot())
     );
 }

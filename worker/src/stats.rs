@@ -44,21 +44,8 @@ impl Default for Stats {
     }
 }
 
-/// A copy of the counters at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    pub mode: u64,
-    pub ping: u64,
-    pub pool: u64,
-    pub tcps: u64,
-    pub udps: u64,
-    pub tcprx: u64,
-    pub tcptx: u64,
-    pub udprx: u64,
-    pub udptx: u64,
-    /// Milliseconds without any open session (0 while one is open).
-    pub idle_ms: u64,
-}
+/// A copy of the counters at one moment: the control protocol's `Stats`.
+pub type Snapshot = proto::message::Stats;
 
 /// Which protocol a session carries; picks the counters it moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +65,7 @@ impl Stats {
                 .saturating_sub(self.last_active_ms.load(Relaxed))
         };
         Snapshot {
-            mode: self.mode.load(Relaxed),
+            mode: self.mode.load(Relaxed) as u8,
             ping: self.ping.load(Relaxed),
             pool: self.pool.load(Relaxed),
             tcps,
@@ -139,22 +126,12 @@ impl Drop for SessionGuard<'_> {
     }
 }
 
-impl Snapshot {
-    /// NodePass's stats line, so existing log parsers keep working.
-    pub fn check_point(&self) -> String {
-        format!(
-            "CHECK_POINT|MODE={}|PING={}ms|POOL={}|TCPS={}|UDPS={}|TCPRX={}|TCPTX={}|UDPRX={}|UDPTX={}",
-            self.mode,
-            self.ping,
-            self.pool,
-            self.tcps,
-            self.udps,
-            self.tcprx,
-            self.tcptx,
-            self.udprx,
-            self.udptx
-        )
-    }
+/// NodePass's stats line, so existing log parsers keep working.
+pub fn check_point(s: &Snapshot) -> String {
+    format!(
+        "CHECK_POINT|MODE={}|PING={}ms|POOL={}|TCPS={}|UDPS={}|TCPRX={}|TCPTX={}|UDPRX={}|UDPTX={}",
+        s.mode, s.ping, s.pool, s.tcps, s.udps, s.tcprx, s.tcptx, s.udprx, s.udptx
+    )
 }
 
 #[cfg(test)]
@@ -175,7 +152,7 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!((snap.tcps, snap.udps), (0, 0));
         assert_eq!(
-            snap.check_point(),
+            check_point(&snap),
             "CHECK_POINT|MODE=0|PING=0ms|POOL=0|TCPS=0|UDPS=0|TCPRX=5|TCPTX=0|UDPRX=0|UDPTX=0"
         );
     }

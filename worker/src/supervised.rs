@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::message::{Bind, Hello, Log, Ready, Stats as StatsMsg, Transport};
+use proto::message::{Bind, Hello, Log, Ready, Transport};
 use proto::spec::{HostPort, LogLevel, TunnelSpec};
 use proto::{ControlSender, ToMaster, ToWorker, WorkerChannel};
 use tokio::net::{TcpListener, UdpSocket};
@@ -162,20 +162,7 @@ fn kind(msg: &ToWorker) -> &'static str {
 }
 
 fn stats_msg(stats: &Stats) -> ToMaster {
-    let s = stats.snapshot();
-    StatsMsg {
-        mode: s.mode as u8,
-        ping: s.ping,
-        pool: s.pool,
-        tcps: s.tcps,
-        udps: s.udps,
-        tcprx: s.tcprx,
-        tcptx: s.tcptx,
-        udprx: s.udprx,
-        udptx: s.udptx,
-        idle_ms: s.idle_ms,
-    }
-    .into()
+    stats.snapshot().into()
 }
 
 async fn fatal(sender: &ControlSender<ToMaster>, code: u8, message: String) -> ExitCode {

@@ -20,6 +20,8 @@ struct Info {
     diskr: u64,
     diskw: u64,
     drover: &'static str,
+    /// Drover: tenant isolation (`enabled`, `cgroups`, `reason` when off).
+    isolation: serde_json::Value,
     key: String,
     log: String,
     mem_total: u64,
@@ -59,6 +61,7 @@ fn info(state: &State) -> Info {
         diskr: sys.diskr,
         diskw: sys.diskw,
         drover: env!("CARGO_PKG_VERSION"),
+        isolation: state.sup.shared().isolation.status(),
         key: cfg.key.clone().unwrap_or_default(),
         log: cfg.log_text.clone(),
         mem_total: sys.mem_total,

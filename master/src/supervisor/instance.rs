@@ -419,14 +419,19 @@ impl Task {
 
     async fn spawn(&self) -> Result<Worker, String> {
         let listeners = self.listeners.as_ref().ok_or("no listeners")?;
-        let (url, tls) = {
+        let (url, tls, tenant) = {
             let s = self.inst.lock();
             let tls = s.record.cert.as_ref().map(|c| TlsMaterial {
                 cert_pem: c.cert_pem.clone(),
                 key_pem: Secret::new(c.key_pem.clone()),
             });
-            (s.record.url.clone(), tls)
+            (s.record.url.clone(), tls, s.record.tenant.clone())
         };
+        let confine = self
+            .shared
+            .isolation
+            .confine(&self.shared.store, &tenant, &self.inst.id)
+            .await?;
         let inst = self.inst.clone();
         let hub = self.shared.hub.clone();
         let on_stderr = move |line: String| {
@@ -452,6 +457,7 @@ impl Task {
                 grace_ms: self.shared.grace.as_millis() as u64,
                 idle_ms: None,
             },
+            confine,
         };
         let worker = spawn::spawn(&self.shared.worker_bin, launch, listeners, on_stderr).await?;
         self.set(|s| {

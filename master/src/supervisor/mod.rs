@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod instance;
+pub mod isolation;
 pub mod listeners;
 pub mod spawn;
 
@@ -35,6 +36,7 @@ pub struct Shared {
     pub log: String,
     pub stats_interval: Duration,
     pub grace: Duration,
+    pub isolation: isolation::Isolation,
 }
 
 /// An operation the API asked for that cannot be done.

@@ -3,7 +3,9 @@
 //! 1. `socketpair()`; the worker's end becomes its fd 3.
 //! 2. `drover-worker --instance <id> --control-fd 3`, empty environment, own
 //!    process group, `PR_SET_PDEATHSIG(SIGKILL)` so it dies with the master.
-//! 3. `Hello` with the URL (never on argv or in the environment), TLS
+//! 3. Under isolation (see `isolation`): join the instance's cgroups, set
+//!    rlimits, drop to the tenant's uid/gid, `no_new_privs`, private cwd.
+//! 4. `Hello` with the URL (never on argv or in the environment), TLS
 //!    material, settings and the listeners as `SCM_RIGHTS`.
 
 use std::os::fd::AsRawFd;
@@ -17,6 +19,7 @@ use proto::{MasterChannel, PROTOCOL_VERSION, Secret, ToWorker};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
+use super::isolation::{Confinement, WORKER_NOFILE};
 use super::listeners::Listeners;
 
 /// A running worker process and its control channel.
@@ -51,6 +54,8 @@ pub struct Launch<'a> {
     pub log: &'a str,
     pub tls: Option<TlsMaterial>,
     pub settings: Settings,
+    /// Tenant confinement when isolation is on.
+    pub confine: Option<Confinement>,
 }
 
 /// Spawns a worker and sends it `Hello`. stderr lines (panics) go to `on_stderr`.
@@ -62,6 +67,16 @@ pub async fn spawn(
 ) -> Result<Worker, String> {
     let (master_end, worker_end) = proto::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let child_fd = worker_end.as_raw_fd();
+    // Everything the child needs is prepared here: between fork and exec only
+    // async-signal-safe calls are allowed (no allocation).
+    let confine = launch.confine;
+    let cred = confine.as_ref().map(|c| (c.uid, c.gid));
+    let workdir = confine
+        .as_ref()
+        .and_then(|c| std::ffi::CString::new(c.workdir.as_os_str().as_encoded_bytes()).ok());
+    let cgroup_fds: Vec<i32> = confine.as_ref().map_or(Vec::new(), |c| {
+        c.cgroups.iter().map(|f| f.as_raw_fd()).collect()
+    });
     let mut cmd = Command::new(bin);
     cmd.arg("--instance")
         .arg(launch.id)
@@ -86,6 +101,39 @@ pub async fn spawn(
             if libc::setpgid(0, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            for fd in &cgroup_fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // No core dumps: a worker's memory holds tunnel keys.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            if let Some((uid, gid)) = cred {
+                let files = libc::rlimit {
+                    rlim_cur: WORKER_NOFILE,
+                    rlim_max: WORKER_NOFILE,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+                if libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setgid(gid) < 0
+                    || libc::setuid(uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(dir) = &workdir
+                && libc::chdir(dir.as_ptr()) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // After setuid: a credential change clears the parent-death signal.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -96,6 +144,7 @@ pub async fn spawn(
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     drop(worker_end);
+    drop(confine);
     let pid = child.id().ok_or("worker exited at once")?;
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(async move {

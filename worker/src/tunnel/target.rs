@@ -105,8 +105,16 @@ impl Dialer {
         }
     }
 
-    /// Connects to the first reachable target in `lbs` order.
-    pub async fn tcp(&self) -> Result<(TcpStream, SocketAddr, Duration), TunnelError> {
+    /// Runs `attempt` on each address of each target in `lbs` order until
+    /// one succeeds; returns its value, address and target index.
+    async fn first_ok<T, F, Fut>(
+        &self,
+        mut attempt: F,
+    ) -> Result<(T, SocketAddr, usize), TunnelError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = io::Result<T>>,
+    {
         let mut last = String::from("no target");
         for i in self.order() {
             let addrs = match self.resolve(i).await {
@@ -117,14 +125,8 @@ impl Dialer {
                 }
             };
             for addr in addrs {
-                let started = Instant::now();
-                match self.connect(addr).await {
-                    Ok(s) => {
-                        let took = started.elapsed();
-                        self.latency[i].store(took.as_micros().max(1) as u64, Relaxed);
-                        let _ = s.set_nodelay(true);
-                        return Ok((s, addr, took));
-                    }
+                match attempt(addr).await {
+                    Ok(v) => return Ok((v, addr, i)),
                     Err(e) => {
                         // Unreachable targets sort last for lbs=1 until they answer again.
                         self.latency[i].store(u64::MAX / 2, Relaxed);
@@ -138,6 +140,20 @@ impl Dialer {
             addr: self.describe(),
             reason: last,
         })
+    }
+
+    /// Connects to the first reachable target in `lbs` order.
+    pub async fn tcp(&self) -> Result<(TcpStream, SocketAddr, Duration), TunnelError> {
+        let ((s, took), addr, i) = self
+            .first_ok(|addr| async move {
+                let started = Instant::now();
+                let s = self.connect(addr).await?;
+                Ok((s, started.elapsed()))
+            })
+            .await?;
+        self.latency[i].store(took.as_micros().max(1) as u64, Relaxed);
+        let _ = s.set_nodelay(true);
+        Ok((s, addr, took))
     }
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
@@ -162,38 +178,23 @@ impl Dialer {
 
     /// A UDP socket connected to the first target that resolves.
     pub async fn udp(&self) -> Result<(UdpSocket, SocketAddr), TunnelError> {
-        let mut last = String::from("no target");
-        for i in self.order() {
-            let addrs = match self.resolve(i).await {
-                Ok(a) => a,
-                Err(e) => {
-                    last = format!("{}: resolve: {e}", self.targets[i]);
-                    continue;
-                }
-            };
-            for addr in addrs {
-                let local = match (self.source, addr.is_ipv4()) {
-                    (Some(src), v4) if src.is_ipv4() == v4 && !self.source_failed.load(Relaxed) => {
+        let (s, addr, _) = self
+            .first_ok(|addr| async move {
+                let local = match self.source {
+                    Some(src)
+                        if src.is_ipv4() == addr.is_ipv4() && !self.source_failed.load(Relaxed) =>
+                    {
                         SocketAddr::new(src, 0)
                     }
-                    (_, true) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                    (_, false) => "[::]:0".parse().expect("valid literal"),
+                    _ if addr.is_ipv4() => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                    _ => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
                 };
-                let attempt = async {
-                    let s = UdpSocket::bind(local).await?;
-                    s.connect(addr).await?;
-                    Ok::<_, io::Error>(s)
-                };
-                match attempt.await {
-                    Ok(s) => return Ok((s, addr)),
-                    Err(e) => last = format!("{addr}: {e}"),
-                }
-            }
-        }
-        Err(TunnelError::Target {
-            addr: self.describe(),
-            reason: last,
-        })
+                let s = UdpSocket::bind(local).await?;
+                s.connect(addr).await?;
+                Ok(s)
+            })
+            .await?;
+        Ok((s, addr))
     }
 }
 
