@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod sse;

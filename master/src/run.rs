@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
 use crate::sse::Hub;
 use crate::store::{self, Store};
@@ -115,6 +116,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map(|d| d.as_millis() as u64 * 1000)
         .unwrap_or(1);
     let hub = Hub::new(REPLAY).with_first_id(first_id);
+    let metrics = Metrics::new();
+    {
+        let m = metrics.clone();
+        store.observe_flushes(Box::new(move |d| m.observe_flush(d)));
+    }
     let sampler = Sampler::spawn();
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -124,6 +130,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         stats_interval: STATS_INTERVAL,
         grace: GRACE,
         isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits),
+        metrics,
     });
     let defaults = UrlDefaults {
         log: Some(cfg.log_text.clone()),

@@ -129,7 +129,12 @@ pub struct Store {
     master: sled::Tree,
     counters: sled::Tree,
     bindings: sled::Tree,
+    /// Told how long each flush took (metrics), once set.
+    flush_observer: std::sync::Arc<std::sync::OnceLock<FlushObserver>>,
 }
+
+/// Receives the duration of every flush.
+pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,16 +203,28 @@ impl Store {
             counters: tree("counters")?,
             bindings: tree("bindings")?,
             db,
+            flush_observer: Default::default(),
         })
+    }
+
+    /// Reports every flush's duration to `observer` (set once).
+    pub fn observe_flushes(&self, observer: FlushObserver) {
+        let _ = self.flush_observer.set(observer);
     }
 
     /// Fsyncs everything written so far (also done by every mutation).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db
+        let started = std::time::Instant::now();
+        let res = self
+            .db
             .flush_async()
             .await
             .map(drop)
-            .map_err(|cause| StoreError::Flush { cause })
+            .map_err(|cause| StoreError::Flush { cause });
+        if let Some(observe) = self.flush_observer.get() {
+            observe(started.elapsed());
+        }
+        res
     }
 
     // ---- master ----

@@ -44,7 +44,7 @@ pub fn run(spec: TunnelSpec) -> ExitCode {
         let stats = engine.stats();
         let stop = CancellationToken::new();
         let printer = tokio::spawn(print_stats(stats.clone(), level));
-        let signals = tokio::spawn(wait_for_signal(stop.clone()));
+        let signals = on_signal(stop.clone());
         engine.grace_handle().store(
             GRACE.as_millis() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -65,19 +65,24 @@ pub fn run(spec: TunnelSpec) -> ExitCode {
     })
 }
 
-async fn wait_for_signal(stop: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Cancels `stop` on SIGTERM or SIGINT. The handlers are installed before
+/// this returns, so a signal arriving right after start-up is not lost.
+fn on_signal(stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
-    }
-    stop.cancel();
+    );
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        stop.cancel();
+    })
 }
 
 async fn print_stats(stats: Arc<Stats>, level: LogLevel) {

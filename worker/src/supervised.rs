@@ -86,6 +86,7 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
         key_pem: t.key_pem.expose().to_string(),
     });
     let engine = Engine::new(spec, binder.clone(), material).with_entry(true);
+    let adopter = engine.adopter();
     let stats = engine.stats();
     let grace = engine.grace_handle();
     grace.store(settings.grace_ms, Relaxed);
@@ -142,7 +143,7 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
                     }
                     ToWorker::Bound(b) => binder.answer(Ok(fds.into_iter().next()), &b.addr),
                     ToWorker::BindError(b) => binder.answer(Err(b.reason), &b.addr),
-                    ToWorker::Adopt(_) => tracing::warn!("handed a connection, but adoption is not supported by this worker yet; closed"),
+                    ToWorker::Adopt(a) => adopt(&adopter, a, fds),
                     ToWorker::Hello(_) => return fatal(&sender, 2, "second Hello".into()).await,
                 },
                 // The master is gone: its copies of our listeners are closed; go now.
@@ -154,6 +155,34 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
     reporter.abort();
     let _ = sender.send(&stats_msg(&stats), &[]).await;
     code
+}
+
+/// A connection handed over by the gateway: served like one on the entrance.
+fn adopt(
+    adopter: &mpsc::Sender<tokio::net::TcpStream>,
+    a: proto::message::Adopt,
+    fds: Vec<OwnedFd>,
+) {
+    let Some(fd) = fds.into_iter().next() else {
+        tracing::warn!(client = %a.client, "Adopt without a socket; ignored");
+        return;
+    };
+    if a.kind != Transport::Tcp {
+        tracing::warn!(client = %a.client, "only TCP connections can be adopted; closed");
+        return;
+    }
+    let std = std::net::TcpStream::from(fd);
+    let stream = std
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(std));
+    match stream {
+        Ok(s) => {
+            if adopter.try_send(s).is_err() {
+                tracing::warn!(client = %a.client, "adoption queue full or no entrance; connection closed");
+            }
+        }
+        Err(e) => tracing::warn!(client = %a.client, cause = %e, "adopted socket unusable; closed"),
+    }
 }
 
 fn kind(msg: &ToWorker) -> &'static str {

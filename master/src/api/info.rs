@@ -139,3 +139,15 @@ pub async fn healthz(state: State) -> HttpResponse {
 pub async fn openapi(state: State) -> HttpResponse {
     json(StatusCode::OK, &super::openapi::document(&state.cfg.prefix))
 }
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+pub async fn metrics(state: State) -> HttpResponse {
+    let text = state
+        .sup
+        .shared()
+        .metrics
+        .render(&state.sup.list(), state.hub.subscribers());
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
+}

@@ -200,6 +200,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(info::set_alias)),
     )
     .service(r("/tcping").route(web::get().to(info::tcping)))
+    .service(r("/metrics").route(web::get().to(info::metrics)))
     .service(r("/healthz").route(web::get().to(info::healthz)))
     .service(r("/openapi.json").route(web::get().to(info::openapi)));
 }

@@ -350,8 +350,9 @@ impl Task {
         self.set(|s| s.status = Status::Running);
         loop {
             self.transition(WorkerState::Starting);
+            let spawned = Instant::now();
             let outcome = match self.spawn().await {
-                Ok(worker) => self.supervise(worker).await,
+                Ok(worker) => self.supervise(worker, spawned).await,
                 Err(why) => Outcome::Exited {
                     how: format!("spawn failed: {why}"),
                     ran: Duration::ZERO,
@@ -370,6 +371,7 @@ impl Task {
                 Outcome::Command(cmd) => return Some(cmd),
                 Outcome::Exited { how, ran } => {
                     tracing::warn!(instance = %self.inst.id, how, ran_ms = ran.as_millis() as u64, "worker ended unexpectedly");
+                    self.shared.metrics.worker_restarted();
                     self.set(|s| {
                         s.restarts += 1;
                         s.last_exit = Some(how);
@@ -469,7 +471,7 @@ impl Task {
     }
 
     /// Watches a worker until it exits or a command stops it.
-    async fn supervise(&mut self, mut w: Worker) -> Outcome {
+    async fn supervise(&mut self, mut w: Worker, spawned: Instant) -> Outcome {
         let started = Instant::now();
         let mut ready = false;
         let mut last_pong = Instant::now();
@@ -485,6 +487,9 @@ impl Task {
                 }
                 msg = w.channel.recv() => match msg {
                     Ok(Some((msg, _fds))) => {
+                        if !ready && matches!(msg, ToMaster::Ready(_)) {
+                            self.shared.metrics.observe_spawn(spawned.elapsed());
+                        }
                         if let Some(f) = self.on_message(&w, msg, &mut ready, &mut last_pong).await {
                             fatal = Some(f);
                         }

@@ -37,6 +37,7 @@ pub struct Shared {
     pub stats_interval: Duration,
     pub grace: Duration,
     pub isolation: isolation::Isolation,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An operation the API asked for that cannot be done.

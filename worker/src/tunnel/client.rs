@@ -84,6 +84,7 @@ fn spawn_entrance(
 ) -> Option<std::net::SocketAddr> {
     let mut parts = Vec::new();
     let entry_addr = entry.as_ref().and_then(|l| l.local_addr().ok());
+    entrance::serve_adopted(ctx, opener.clone(), stop);
     if let Some(l) = entry {
         tokio::spawn(entrance::serve_tcp(
             l,

@@ -82,6 +82,31 @@ pub async fn serve_tcp(
     }
 }
 
+/// Serves connections adopted from the master (once per engine: the first
+/// entrance to call this takes them).
+pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
+    let Some(mut rx) = ctx.adopted.lock().expect("adopt lock").take() else {
+        return;
+    };
+    let (ctx, stop) = (ctx.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let user = tokio::select! {
+                () = stop.cancelled() => return,
+                u = rx.recv() => match u {
+                    Some(u) => u,
+                    None => return,
+                },
+            };
+            let Ok(peer) = user.peer_addr() else {
+                continue;
+            };
+            let (ctx2, opener) = (ctx.clone(), opener.clone());
+            ctx.spawn_session(handle(user, peer, ctx2, opener));
+        }
+    });
+}
+
 async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
     let Some(_slot) = ctx.slots.try_acquire() else {
         tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");

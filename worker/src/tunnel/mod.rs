@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use proto::spec::{Role, TunnelSpec};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,6 +63,8 @@ pub(crate) struct Ctx {
     /// Whether to open a loopback entry port beside the entrance (under the master).
     pub with_entry: bool,
     ready: watch::Sender<Option<ReadyInfo>>,
+    /// Connections handed over by the master's gateway, served by the entrance.
+    adopted: std::sync::Mutex<Option<mpsc::Receiver<TcpStream>>>,
     seq: AtomicU32,
 }
 
@@ -124,7 +126,11 @@ pub struct Engine {
     with_entry: bool,
     grace_ms: Arc<AtomicU64>,
     ready: watch::Sender<Option<ReadyInfo>>,
+    adopt: (mpsc::Sender<TcpStream>, mpsc::Receiver<TcpStream>),
 }
+
+/// Connections waiting to be adopted before the entrance picks them up.
+const ADOPT_QUEUE: usize = 1024;
 
 impl Engine {
     /// `tls_material` is the `tls=1` certificate to use (made fresh when `None`).
@@ -141,7 +147,14 @@ impl Engine {
             with_entry: false,
             grace_ms: Arc::new(AtomicU64::new(10_000)),
             ready: watch::channel(None).0,
+            adopt: mpsc::channel(ADOPT_QUEUE),
         }
+    }
+
+    /// Where to hand accepted connections (gateway handoff): they are served
+    /// exactly like connections on the instance's own entrance.
+    pub fn adopter(&self) -> mpsc::Sender<TcpStream> {
+        self.adopt.0.clone()
     }
 
     /// Also serve a loopback entry port (`worker.entry` under the master).
@@ -186,6 +199,7 @@ impl Engine {
             hard_stop: CancellationToken::new(),
             with_entry: self.with_entry,
             ready: self.ready,
+            adopted: std::sync::Mutex::new(Some(self.adopt.1)),
             seq: AtomicU32::new(1),
         });
         let res = match ctx.spec.role {

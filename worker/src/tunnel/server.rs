@@ -105,8 +105,14 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelErr
         }
         if let Some(l) = ctx.entry_listener().filter(|_| !p.notcp) {
             entry = l.local_addr().ok();
-            tokio::spawn(entrance::serve_tcp(l, ctx.clone(), opener, stop.clone()));
+            tokio::spawn(entrance::serve_tcp(
+                l,
+                ctx.clone(),
+                opener.clone(),
+                stop.clone(),
+            ));
         }
+        entrance::serve_adopted(&ctx, opener, &stop);
         tracing::info!(listening, "entrance listening");
     }
     ctx.mark_ready(if flow == Flow::Reverse { 1 } else { 2 }, entry);
