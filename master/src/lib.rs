@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gateway;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpServer, middleware::from_fn, web};
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::gateway::bindings::Bindings;
 use crate::metrics::Metrics;
 use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
 use crate::sse::Hub;
@@ -131,6 +134,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         grace: GRACE,
         isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits),
         metrics,
+        runtime: tokio::runtime::Handle::current(),
     });
     let defaults = UrlDefaults {
         log: Some(cfg.log_text.clone()),
@@ -142,6 +146,22 @@ pub async fn run(cfg: Config) -> Result<()> {
     for problem in sup.restore().await {
         tracing::error!("{problem}");
     }
+    let gateway = Gateway::new(
+        Bindings::new(store.clone(), cfg.lru, sup.shared().metrics.clone()),
+        cfg.gateway_default.clone(),
+        sup.clone(),
+    );
+    let gateway_stop = CancellationToken::new();
+    if let Some(addr) = &cfg.gateway {
+        let hp = proto::spec::HostPort::parse(addr, "gateway").context("gateway address")?;
+        let sa =
+            proto::listen::listen_addr(&hp).with_context(|| format!("gateway address {addr}"))?;
+        let std = proto::listen::bind_tcp(sa)
+            .with_context(|| format!("binding the gateway on {addr}"))?;
+        let listener = tokio::net::TcpListener::from_std(std).context("gateway listener")?;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
+        tokio::spawn(gateway.clone().run(listener, gateway_stop.clone()));
+    }
     let state = web::Data::new(AppState {
         sup: sup.clone(),
         hub: hub.clone(),
@@ -150,6 +170,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         cfg: cfg.clone(),
         sampler,
         started: Instant::now(),
+        gateway,
     });
     {
         let st = state.clone();
@@ -201,6 +222,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
+    gateway_stop.cancel();
     hub.shutdown_all();
     handle.stop(true).await;
     let _ = server_task.await;

@@ -1,10 +1,16 @@
-//! End-to-end tests of the tunnel engine: the real `drover-worker` binary on
-//! loopback, real sockets, real bytes.
+//! End-to-end tests of the tunnel engine and the master: the real
+//! `drover-worker` and `drover` binaries on loopback, real sockets, real
+//! bytes, a real HTTP client.
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test -p drover-e2e`.
-//! The harness finds `drover-worker` beside this test executable, or at
-//! `$DROVER_WORKER_BIN`.
+//! The harness finds `drover-worker` and `drover` beside this test
+//! executable, or at `$DROVER_WORKER_BIN` / `$DROVER_BIN`.
 
+mod api_errors;
+mod api_persist;
+mod api_routes;
+mod api_sse;
+mod api_tunnel;
 mod cli;
 mod tunnel_auth;
 mod tunnel_params;

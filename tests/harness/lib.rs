@@ -10,25 +10,35 @@
 //!    client and waits until it is ready.
 //! 5. [`io`], [`data`], [`stats`], [`tls`], [`wait`]: transfer checks, payloads
 //!    and SHA-256, `CHECK_POINT` parsing, test certificates, `wait_until`.
+//! 6. [`master`] runs the real `drover` master with its own data dir;
+//!    [`api`] talks to its REST API, [`sse`] reads `/events` byte by byte,
+//!    [`procs`] checks its worker processes in `/proc`.
 
+pub mod api;
 pub mod data;
 pub mod io;
+pub mod master;
 pub mod ports;
+pub mod procs;
 pub mod servers;
+pub mod sse;
 pub mod stats;
 pub mod tls;
 pub mod topology;
 pub mod wait;
 pub mod worker;
 
+pub use api::{Api, KEY_ID, Resp};
 pub use data::{pattern, random_bytes, sha256};
+pub use master::{Master, STATS_INTERVAL};
 pub use ports::{free_addr, free_port};
 pub use servers::{
     EchoServer, ProxyHeader, ProxyHeaderServer, RecordingProxy, SinkReplyServer, UdpEchoServer,
 };
+pub use sse::{Event, Frame, SseStream};
 pub use stats::Stats;
 pub use topology::{Mode, Tunnel, TunnelBuilder};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{wait_for, wait_until, wait_until_async};
 pub use worker::{Worker, worker_bin};
 
 use std::time::Duration;

@@ -42,3 +42,21 @@ where
         sleep(POLL).await;
     }
 }
+
+/// Waits until the async `probe` returns `Some(value)`; returns the value.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        sleep(POLL).await;
+    }
+}

@@ -199,16 +199,9 @@ pub async fn patch(
             Action::Start => state.sup.start(&id).await?,
             Action::Stop => state.sup.stop(&id).await?,
             Action::Restart => state.sup.restart(&id).await?,
-            Action::Reset => state.sup.reset(&id)?,
+            Action::Reset => state.sup.reset(&id).await?,
         }
         view = state.sup.get(&id).ok_or_else(not_found)?.view();
-        if action == Action::Reset {
-            // The task zeroes asynchronously; the answer shows the result.
-            view.tcprx = 0;
-            view.tcptx = 0;
-            view.udprx = 0;
-            view.udptx = 0;
-        }
     }
     Ok(json(StatusCode::OK, &view))
 }
@@ -264,6 +257,7 @@ pub async fn delete(state: State, id: web::Path<String>) -> Result<HttpResponse,
         return Err(ApiError::Forbidden("Forbidden: API Key"));
     }
     state.sup.delete(&id).await?;
+    state.gateway.bindings.forget_instance(&id);
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -6,6 +6,7 @@
 //! 3. Routes are served at `{prefix}/…` and `{prefix}/v1/…`; unknown paths
 //!    are a JSON 404, wrong methods a JSON 405.
 
+pub mod clients;
 pub mod error;
 pub mod events;
 pub mod info;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub cfg: Config,
     pub sampler: Arc<Sampler>,
     pub started: Instant,
+    pub gateway: Arc<crate::gateway::Gateway>,
 }
 
 pub type State = web::Data<AppState>;
@@ -201,6 +203,13 @@ fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(r("/tcping").route(web::get().to(info::tcping)))
     .service(r("/metrics").route(web::get().to(info::metrics)))
+    .service(r("/clients").route(web::get().to(clients::list)))
+    .service(
+        r("/clients/{client}")
+            .route(web::get().to(clients::get))
+            .route(web::put().to(clients::put))
+            .route(web::delete().to(clients::delete)),
+    )
     .service(r("/healthz").route(web::get().to(info::healthz)))
     .service(r("/openapi.json").route(web::get().to(info::openapi)));
 }

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::sys::signal::Signal;
 use proto::message::{Bound, Settings, Stats, TlsMaterial, Transport};
 use proto::spec::TunnelSpec;
-use proto::{Secret, ToMaster, ToWorker};
-use tokio::sync::{mpsc, oneshot};
+use proto::{ControlSender, Secret, ToMaster, ToWorker};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::{self, Next, Policy};
 use super::listeners::{self, Listeners};
@@ -27,6 +29,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// No `Pong` within this → the worker is hung: SIGKILL and restart.
 pub const PONG_DEADLINE: Duration = Duration::from_secs(15);
+/// Default idle period of instances the gateway started (DESIGN §2).
+pub const GATEWAY_IDLE: Duration = Duration::from_secs(360);
 /// Log lines kept per instance for `/instances/{id}/logs`.
 pub const LOG_RING: usize = 1000;
 
@@ -90,9 +94,23 @@ pub struct State {
     /// Worker counters at the last `reset` (subtracted from `live`).
     pub offset: Counters,
     pub logs: VecDeque<String>,
+    /// The ready worker's control channel (gateway handoff), if any.
+    pub control: Option<ControlSender<ToWorker>>,
+    /// Woken by the gateway: reaped after [`GATEWAY_IDLE`] unless `idle=` says otherwise.
+    pub woken_by_gateway: bool,
 }
 
 impl State {
+    /// How long the worker may sit idle before it is reaped, if at all.
+    pub fn idle_limit(&self) -> Option<Duration> {
+        match self.spec.params.idle {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None if self.woken_by_gateway => Some(GATEWAY_IDLE),
+            None => None,
+        }
+    }
+
     pub fn totals(&self) -> Counters {
         let d = |live: u64, off: u64| live.saturating_sub(off);
         Counters {
@@ -137,6 +155,17 @@ impl State {
         }
     }
 
+    /// Zeroes the counters: the worker's current ones become the offset.
+    pub fn reset_counters(&mut self) {
+        self.base = Counters::default();
+        self.offset = Counters {
+            tcprx: self.live.tcprx,
+            tcptx: self.live.tcptx,
+            udprx: self.live.udprx,
+            udptx: self.live.udptx,
+        };
+    }
+
     /// Counts the current worker's traffic into `base` (it is gone).
     fn fold_counters(&mut self) {
         self.base = self.totals();
@@ -153,10 +182,10 @@ pub enum Command {
     Restart,
     /// Stop the worker and release the listeners.
     Stop(oneshot::Sender<()>),
-    /// Zero the counters.
-    Reset,
     /// Stop and end the task.
     Delete(oneshot::Sender<()>),
+    /// Start the worker of a parked instance (gateway traffic).
+    Wake,
 }
 
 /// One instance: shared state plus the command line to its task.
@@ -164,6 +193,8 @@ pub struct Instance {
     pub id: String,
     pub state: Mutex<State>,
     cmds: mpsc::UnboundedSender<Command>,
+    /// Bumped each time a worker becomes ready (waited on by the gateway).
+    pub ready: watch::Sender<u64>,
 }
 
 impl Instance {
@@ -190,17 +221,24 @@ impl Instance {
                 base,
                 offset: Counters::default(),
                 logs: VecDeque::new(),
+                control: None,
+                woken_by_gateway: false,
             }),
             cmds: tx,
+            ready: watch::channel(0).0,
         });
         let task = Task {
             inst: inst.clone(),
-            shared,
+            shared: shared.clone(),
             cmds: rx,
             listeners: None,
             policy: Policy::default(),
+            reap_due: false,
         };
-        tokio::spawn(task.run());
+        // On the master's main runtime, never on an API thread's: tasks must
+        // outlive API shutdown, and PR_SET_PDEATHSIG fires when the *thread*
+        // that spawned a worker exits.
+        shared.runtime.spawn(task.run());
         inst
     }
 
@@ -224,6 +262,8 @@ enum Outcome {
     Exited { how: String, ran: Duration },
     /// A command that needs the worker gone (already stopped).
     Command(Command),
+    /// Idle for its `idle` period: stopped, listeners kept.
+    Reaped,
 }
 
 struct Task {
@@ -232,6 +272,8 @@ struct Task {
     cmds: mpsc::UnboundedReceiver<Command>,
     listeners: Option<Listeners>,
     policy: Policy,
+    /// Set when the worker reported an idle period past the limit.
+    reap_due: bool,
 }
 
 impl Task {
@@ -315,34 +357,8 @@ impl Task {
                 let _ = done.send(());
                 true
             }
-            Command::Reset => {
-                self.reset().await;
-                false
-            }
-            Command::Start(_) | Command::Restart => false,
+            Command::Start(_) | Command::Restart | Command::Wake => false,
         }
-    }
-
-    async fn reset(&self) {
-        let id = self.inst.id.clone();
-        self.set(|s| {
-            s.base = Counters::default();
-            s.offset = Counters {
-                tcprx: s.live.tcprx,
-                tcptx: s.live.tcptx,
-                udprx: s.live.udprx,
-                udptx: s.live.udptx,
-            };
-        });
-        if let Err(e) = self
-            .shared
-            .store
-            .put_counters(&[(id, Counters::default())])
-            .await
-        {
-            tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist reset counters");
-        }
-        self.publish();
     }
 
     /// Runs workers until a command stops them; returns that command.
@@ -364,11 +380,20 @@ impl Task {
                     self.policy.reset();
                     continue;
                 }
-                Outcome::Command(Command::Reset) => {
-                    self.reset().await;
-                    continue;
-                }
                 Outcome::Command(cmd) => return Some(cmd),
+                Outcome::Reaped => {
+                    self.shared.metrics.reap();
+                    tracing::info!(instance = %self.inst.id, "worker idle; reaped (listeners kept, wakes on traffic)");
+                    self.log_line("worker idle: reaped; the next connection wakes it".into());
+                    self.transition(WorkerState::Parked);
+                    match self.wait_activation().await {
+                        None => {
+                            self.shared.metrics.wake();
+                            tracing::info!(instance = %self.inst.id, "traffic on a parked listener; waking");
+                        }
+                        Some(cmd) => return Some(cmd),
+                    }
+                }
                 Outcome::Exited { how, ran } => {
                     tracing::warn!(instance = %self.inst.id, how, ran_ms = ran.as_millis() as u64, "worker ended unexpectedly");
                     self.shared.metrics.worker_restarted();
@@ -383,8 +408,9 @@ impl Task {
                             self.transition(WorkerState::Backoff);
                             if let Some(cmd) = self.wait_command(d).await {
                                 match cmd {
-                                    Command::Restart | Command::Start(_) => self.policy.reset(),
-                                    Command::Reset => self.reset().await,
+                                    Command::Restart | Command::Start(_) | Command::Wake => {
+                                        self.policy.reset()
+                                    }
                                     other => return Some(other),
                                 }
                             }
@@ -398,7 +424,8 @@ impl Task {
                                     None | Some(Command::Restart) | Some(Command::Start(_)) => {
                                         break;
                                     }
-                                    Some(Command::Reset) => self.reset().await,
+                                    // Gateway traffic does not override the crash-loop guard.
+                                    Some(Command::Wake) => {}
                                     Some(other) => return Some(other),
                                 }
                             }
@@ -407,6 +434,41 @@ impl Task {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Parked: waits for traffic on any kept listener (socket activation) or
+    /// a command. `None` = traffic or a wake; `Some` = a command to finish.
+    async fn wait_activation(&mut self) -> Option<Command> {
+        loop {
+            let watchers: Vec<AsyncFd<std::os::fd::OwnedFd>> = self
+                .listeners
+                .as_ref()
+                .map(|l| l.dup_fds())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|fd| {
+                    // SAFETY: the AsyncFd owns this duplicate, so the fd stays valid while registered.
+                    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+                })
+                .collect();
+            let traffic = async {
+                if watchers.is_empty() {
+                    return std::future::pending::<()>().await;
+                }
+                let _ = futures_util::future::select_all(
+                    watchers.iter().map(|w| Box::pin(w.readable())),
+                )
+                .await;
+            };
+            let cmd = tokio::select! {
+                cmd = self.cmds.recv() => cmd.unwrap_or(Command::Delete(oneshot::channel().0)),
+                () = traffic => return None,
+            };
+            match cmd {
+                Command::Wake | Command::Restart | Command::Start(_) => return None,
+                other => return Some(other),
             }
         }
     }
@@ -472,6 +534,8 @@ impl Task {
 
     /// Watches a worker until it exits or a command stops it.
     async fn supervise(&mut self, mut w: Worker, spawned: Instant) -> Outcome {
+        // A verdict about the previous worker (its last stats) is not about this one.
+        self.reap_due = false;
         let started = Instant::now();
         let mut ready = false;
         let mut last_pong = Instant::now();
@@ -493,6 +557,10 @@ impl Task {
                         if let Some(f) = self.on_message(&w, msg, &mut ready, &mut last_pong).await {
                             fatal = Some(f);
                         }
+                        if std::mem::take(&mut self.reap_due) {
+                            self.stop_worker(&mut w).await;
+                            return Outcome::Reaped;
+                        }
                     }
                     Ok(None) => {
                         // Control closed: the worker is exiting; its exit status follows.
@@ -509,11 +577,7 @@ impl Task {
                 cmd = self.cmds.recv() => {
                     let cmd = cmd.unwrap_or(Command::Delete(oneshot::channel().0));
                     match cmd {
-                        Command::Reset => {
-                            self.reset().await;
-                            let _ = w.channel.send(&ToWorker::ResetCounters, &[]).await;
-                        }
-                        Command::Start(_) => {}
+                        Command::Start(_) | Command::Wake => {}
                         cmd => {
                             self.stop_worker(&mut w).await;
                             return Outcome::Command(cmd);
@@ -555,15 +619,21 @@ impl Task {
                 self.set(|s| {
                     s.entry = r.entry.clone();
                     s.live.mode = r.mode;
+                    s.control = Some(w.channel.sender());
                 });
                 tracing::info!(instance = %self.inst.id, pid = r.pid, mode = r.mode, entry = ?r.entry, "worker ready");
                 self.transition(WorkerState::Ready);
+                self.inst.ready.send_modify(|g| *g += 1);
             }
             ToMaster::Stats(st) => {
                 let changed = {
                     let mut s = self.inst.lock();
                     let changed = s.live != st;
+                    let idle = s.idle_limit().is_some_and(|limit| {
+                        st.tcps + st.udps == 0 && Duration::from_millis(st.idle_ms) >= limit
+                    });
                     s.live = st;
+                    self.reap_due = idle;
                     changed
                 };
                 // Stats arrive once per interval, so this is at most one update per interval.
@@ -639,6 +709,7 @@ impl Task {
     /// Graceful stop: `Shutdown` → grace → SIGTERM → SIGKILL of the group,
     /// processing the worker's last messages (final stats) meanwhile.
     async fn stop_worker(&mut self, w: &mut Worker) {
+        self.set(|s| s.control = None);
         self.transition(WorkerState::Stopping);
         let grace = self.shared.grace;
         let _ = w
@@ -691,6 +762,7 @@ impl Task {
         let totals = {
             let mut s = self.inst.lock();
             s.pid = None;
+            s.control = None;
             s.fold_counters();
             s.totals()
         };

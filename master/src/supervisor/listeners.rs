@@ -110,6 +110,14 @@ impl Listeners {
         self.items.iter().map(|(_, fd)| fd.as_fd()).collect()
     }
 
+    /// Duplicates of every listener (watched for traffic while parked).
+    pub fn dup_fds(&self) -> Vec<OwnedFd> {
+        self.items
+            .iter()
+            .filter_map(|(_, fd)| fd.try_clone().ok())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub grace: Duration,
     pub isolation: isolation::Isolation,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The master's main runtime: instance tasks live here.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// An operation the API asked for that cannot be done.
@@ -364,9 +366,18 @@ impl Supervisor {
         Ok(())
     }
 
-    /// PATCH action reset: zero the counters.
-    pub fn reset(&self, id: &str) -> Result<(), SupError> {
-        self.require(id)?.send(Command::Reset);
+    /// PATCH action reset: zero the counters, on disk before the answer.
+    pub async fn reset(&self, id: &str) -> Result<(), SupError> {
+        let inst = self.require(id)?;
+        inst.lock().reset_counters();
+        self.shared
+            .store
+            .put_counters(&[(id.to_string(), Counters::default())])
+            .await
+            .map_err(|e| SupError::Store(e.to_string()))?;
+        self.shared
+            .hub
+            .publish(EventKind::Update, Some(&inst.view()), "");
         Ok(())
     }
 
@@ -446,6 +457,47 @@ impl Supervisor {
         let view = inst.view();
         self.shared.hub.publish(EventKind::Delete, Some(&view), "");
         Ok(())
+    }
+
+    /// Hands an accepted gateway connection to the instance's worker, waking
+    /// it first if it is parked. Gives up after the readiness timeout.
+    pub async fn handoff(
+        &self,
+        inst: &Arc<Instance>,
+        stream: std::net::TcpStream,
+        client: &str,
+    ) -> Result<(), String> {
+        use std::os::fd::AsFd;
+        let deadline = tokio::time::Instant::now() + instance::READY_TIMEOUT;
+        let mut ready = inst.ready.subscribe();
+        loop {
+            let (control, status, state) = {
+                let s = inst.lock();
+                (s.control.clone(), s.status, s.worker)
+            };
+            if status == Status::Stopped {
+                return Err("instance is stopped".into());
+            }
+            if let Some(control) = control {
+                let msg = proto::ToWorker::Adopt(proto::message::Adopt {
+                    kind: proto::message::Transport::Tcp,
+                    client: client.chars().take(256).collect(),
+                });
+                return control
+                    .send(&msg, &[stream.as_fd()])
+                    .await
+                    .map_err(|e| format!("sending to the worker: {e}"));
+            }
+            if state == instance::WorkerState::Parked {
+                inst.lock().woken_by_gateway = true;
+                inst.send(Command::Wake);
+            }
+            match tokio::time::timeout_at(deadline, ready.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("instance was deleted".into()),
+                Err(_) => return Err("worker not ready within the readiness timeout".into()),
+            }
+        }
     }
 
     /// Recent log lines of an instance.

@@ -1,0 +1,265 @@
+//! Tunnels made through the API: real bytes through a server + client pair
+//! of instances, the counters the API shows, `reset`, and one
+//! `drover-worker` process per instance.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use drover_e2e::api::{ReversePair, counters, id_of, worker_pid, worker_state};
+use drover_e2e::io::stream_echo_sha256;
+use drover_e2e::procs::{proc_alive, proc_cmdline, proc_environ, proc_ppid, tcp_port_free};
+use drover_e2e::{Api, DEADLINE, EchoServer, Master, free_addr, random_bytes, wait_for};
+
+/// The bulk transfer.
+const BULK: u64 = 8 * 1024 * 1024;
+/// A transfer before `reset` …
+const FIRST: u64 = 1024 * 1024;
+/// … and a smaller one after it.
+const SMALL: u64 = 64 * 1024;
+
+/// Waits until instance `id` has a worker in state `ready`; returns its pid.
+async fn ready_pid(api: &Api, id: &str) -> u32 {
+    wait_for(
+        DEADLINE,
+        &format!("instance {id} to have a ready worker"),
+        || async {
+            let v = api.instance(id).await;
+            worker_pid(&v).filter(|_| worker_state(&v) == "ready")
+        },
+    )
+    .await
+}
+
+/// A server instance and a client instance (reverse mode) carry 8 MiB to an
+/// echo backend and back with matching SHA-256; the counters move by exactly
+/// that on both (next stats report); `PATCH reset` zeroes them: in its
+/// answer and, at once, in `GET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_carries_8_mib_counted_exactly_then_reset() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let pair = ReversePair::create(&api, echo.addr, json!({})).await;
+    let server = api.instance(&pair.server_id).await;
+    let client = api.instance(&pair.client_id).await;
+    assert_eq!((counters(&server), counters(&client)), ([0; 4], [0; 4]));
+
+    stream_echo_sha256(pair.entrance, random_bytes(BULK as usize)).await;
+    assert_eq!(echo.received(), BULK, "bytes at the backend");
+    // Server: user side (rx = sent by the user, tx = received by the user).
+    // Client: target side (rx = from the target, tx = to the target).
+    let (server, client) = pair
+        .wait_counters(&api, [BULK, BULK, 0, 0], [BULK, BULK, 0, 0])
+        .await;
+    assert_eq!(server["mode"], 1, "server mode (reverse)");
+    assert_eq!(client["mode"], 2, "client mode (dual-end)");
+    assert_eq!(server["status"], "running");
+
+    for id in [&pair.server_id, &pair.client_id] {
+        let after = api.patch_instance(id, json!({ "action": "reset" })).await;
+        assert_eq!(counters(&after), [0; 4], "PATCH reset answer of {id}");
+        assert_eq!(after["status"], "running", "reset does not stop {id}");
+        // A 2xx means the change is done (and on disk): a GET agrees.
+        assert_eq!(
+            counters(&api.instance(id).await),
+            [0; 4],
+            "GET right after PATCH reset of {id}"
+        );
+    }
+}
+
+/// After `reset`, counting starts again from zero: a later transfer shows
+/// exactly its own bytes (not nothing until the pre-reset total is passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_count_from_zero_after_reset() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let pair = ReversePair::create(&api, echo.addr, json!({})).await;
+    let first = [FIRST, FIRST, 0, 0];
+    stream_echo_sha256(pair.entrance, random_bytes(FIRST as usize)).await;
+    pair.wait_counters(&api, first, first).await;
+    for id in [&pair.server_id, &pair.client_id] {
+        api.patch_instance(id, json!({ "action": "reset" })).await;
+    }
+    pair.wait_counters(&api, [0; 4], [0; 4]).await;
+
+    stream_echo_sha256(pair.entrance, random_bytes(SMALL as usize)).await;
+    let small = [SMALL, SMALL, 0, 0];
+    pair.wait_counters(&api, small, small).await;
+}
+
+/// Each running instance is its own `drover-worker --instance <id>
+/// --control-fd 3` child of the master, with the pid the API reports, no
+/// tunnel URL or key on its command line and nothing in its environment;
+/// `stop` answers once the process is gone, `start` makes a new one, and
+/// `DELETE` answers once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_is_its_own_worker_process() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let urls = [
+        format!("server://secretkey1@{}/{}?mode=1", free_addr(), free_addr()),
+        format!("client://{}/{}?mode=1", free_addr(), echo.addr),
+        format!("server://secretkey2@{}/{}?mode=2", free_addr(), echo.addr),
+    ];
+    let mut ids = Vec::new();
+    for url in &urls {
+        ids.push(id_of(&api.create_url(url).await));
+    }
+    let mut pids = Vec::new();
+    for id in &ids {
+        pids.push(ready_pid(&api, id).await);
+    }
+    let mut distinct = pids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "three instances, three processes: {pids:?}"
+    );
+    assert_eq!(
+        master.children(),
+        distinct,
+        "the master's children are exactly the workers"
+    );
+
+    for ((id, pid), url) in ids.iter().zip(&pids).zip(&urls) {
+        assert!(proc_alive(*pid), "worker {pid} of {id} is not running");
+        assert_eq!(
+            proc_ppid(*pid),
+            Some(master.pid()),
+            "parent of worker {pid}"
+        );
+        let argv = proc_cmdline(*pid).expect("cmdline");
+        assert!(
+            argv[0].ends_with("drover-worker"),
+            "worker {pid} runs {argv:?}"
+        );
+        assert_eq!(
+            argv[1..],
+            ["--instance", id.as_str(), "--control-fd", "3"],
+            "argv of worker {pid}"
+        );
+        let all = argv.join(" ");
+        assert!(
+            !all.contains("://") && !all.contains("secretkey") && !all.contains(&master.key()),
+            "secrets on the command line of worker {pid}: {all:?} (url {url})"
+        );
+        let env = proc_environ(*pid).expect("environ");
+        let env_text = env.join("\n");
+        assert!(
+            !env_text.contains("://")
+                && !env_text.contains("secretkey")
+                && !env_text.contains(&master.key()),
+            "secrets in the environment of worker {pid}: {env:?}"
+        );
+    }
+
+    // Stop: answered once the worker is gone; listeners released.
+    let stopped = api
+        .patch_instance(&ids[0], json!({ "action": "stop" }))
+        .await;
+    assert_eq!(stopped["status"], "stopped");
+    assert_eq!(worker_pid(&stopped), None, "worker.pid after stop");
+    assert!(
+        !proc_alive(pids[0]),
+        "worker {} still runs after stop answered",
+        pids[0]
+    );
+    let tunnel: std::net::SocketAddr = urls[0]
+        .split('@')
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .expect("tunnel address");
+    assert!(tcp_port_free(tunnel), "{tunnel} still held after stop");
+
+    // Start: a new process.
+    let started = api
+        .patch_instance(&ids[0], json!({ "action": "start" }))
+        .await;
+    assert_eq!(started["status"], "running");
+    let new_pid = ready_pid(&api, &ids[0]).await;
+    assert_ne!(new_pid, pids[0], "start runs a new process");
+    assert!(proc_alive(new_pid));
+
+    // Delete: answered once the worker is gone.
+    api.delete(&format!("/instances/{}", ids[1]))
+        .await
+        .expect(204);
+    assert!(
+        !proc_alive(pids[1]),
+        "worker {} still runs after DELETE answered",
+        pids[1]
+    );
+    let mut left = vec![new_pid, pids[2]];
+    left.sort_unstable();
+    assert_eq!(master.children(), left);
+}
+
+/// A worker killed from outside is replaced by a new process; the API shows
+/// the new pid, one restart and how the old one ended; the counters are
+/// totals across worker processes (what was reported before the kill stays,
+/// new traffic adds to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_is_replaced_and_counters_carry_over() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let id = id_of(
+        &api.create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
+            .await,
+    );
+    let pid = ready_pid(&api, &id).await;
+    stream_echo_sha256(entrance, random_bytes(FIRST as usize)).await;
+    wait_for(
+        DEADLINE,
+        "the counters to show the first transfer",
+        || async {
+            let v = api.instance(&id).await;
+            (counters(&v) == [FIRST, FIRST, 0, 0]).then_some(())
+        },
+    )
+    .await;
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill the worker");
+    let new_pid = wait_for(DEADLINE, "a new worker to be ready", || async {
+        let v = api.instance(&id).await;
+        worker_pid(&v).filter(|p| *p != pid && worker_state(&v) == "ready")
+    })
+    .await;
+    let v = api.instance(&id).await;
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["worker"]["restarts"], 1, "{v}");
+    assert!(
+        v["worker"]["last_exit"]
+            .as_str()
+            .is_some_and(|s| s.contains("SIGKILL")),
+        "last_exit {}",
+        v["worker"]["last_exit"]
+    );
+    assert!(proc_alive(new_pid));
+    assert!(!proc_alive(pid));
+    assert_eq!(
+        counters(&v),
+        [FIRST, FIRST, 0, 0],
+        "counters after the restart"
+    );
+
+    stream_echo_sha256(entrance, random_bytes(SMALL as usize)).await;
+    let total = FIRST + SMALL;
+    wait_for(
+        DEADLINE,
+        "the counters to add the second transfer",
+        || async {
+            let v = api.instance(&id).await;
+            (counters(&v) == [total, total, 0, 0]).then_some(())
+        },
+    )
+    .await;
+}
