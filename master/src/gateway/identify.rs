@@ -62,7 +62,7 @@ pub fn parse(buf: &[u8]) -> Parse {
         ProxyHeader::Done { src, len } => (src.map(Identity::Proxy), &buf[len..]),
     };
     match http_identity(rest) {
-        Http::NotHttp => Parse::Done(proxy),
+        Http::Other => Parse::Done(proxy),
         Http::Found(id) => Parse::Done(Some(id)),
         Http::Headers => Parse::Done(proxy),
         Http::Partial => Parse::NeedMore { best: proxy },
@@ -120,7 +120,8 @@ fn proxy_header(buf: &[u8]) -> ProxyHeader {
 }
 
 enum Http {
-    NotHttp,
+    /// Not an HTTP request.
+    Other,
     /// Headers complete, no identity header in them.
     Headers,
     Found(Identity),
@@ -134,11 +135,11 @@ fn http_identity(buf: &[u8]) -> Http {
         return if letters < 8 {
             Http::Partial
         } else {
-            Http::NotHttp
+            Http::Other
         };
     }
     if !(3..=7).contains(&letters) || buf[letters] != b' ' {
-        return Http::NotHttp;
+        return Http::Other;
     }
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Http::Partial;

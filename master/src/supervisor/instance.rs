@@ -441,35 +441,32 @@ impl Task {
     /// Parked: waits for traffic on any kept listener (socket activation) or
     /// a command. `None` = traffic or a wake; `Some` = a command to finish.
     async fn wait_activation(&mut self) -> Option<Command> {
-        loop {
-            let watchers: Vec<AsyncFd<std::os::fd::OwnedFd>> = self
-                .listeners
-                .as_ref()
-                .map(|l| l.dup_fds())
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|fd| {
-                    // SAFETY: the AsyncFd owns this duplicate, so the fd stays valid while registered.
-                    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
-                })
-                .collect();
-            let traffic = async {
-                if watchers.is_empty() {
-                    return std::future::pending::<()>().await;
-                }
-                let _ = futures_util::future::select_all(
-                    watchers.iter().map(|w| Box::pin(w.readable())),
-                )
-                .await;
-            };
-            let cmd = tokio::select! {
-                cmd = self.cmds.recv() => cmd.unwrap_or(Command::Delete(oneshot::channel().0)),
-                () = traffic => return None,
-            };
-            match cmd {
-                Command::Wake | Command::Restart | Command::Start(_) => return None,
-                other => return Some(other),
+        let watchers: Vec<AsyncFd<std::os::fd::OwnedFd>> = self
+            .listeners
+            .as_ref()
+            .map(|l| l.dup_fds())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|fd| {
+                // SAFETY: the AsyncFd owns this duplicate, so the fd stays valid while registered.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            })
+            .collect();
+        let traffic = async {
+            if watchers.is_empty() {
+                return std::future::pending::<()>().await;
             }
+            let _ =
+                futures_util::future::select_all(watchers.iter().map(|w| Box::pin(w.readable())))
+                    .await;
+        };
+        let cmd = tokio::select! {
+            cmd = self.cmds.recv() => cmd.unwrap_or(Command::Delete(oneshot::channel().0)),
+            () = traffic => return None,
+        };
+        match cmd {
+            Command::Wake | Command::Restart | Command::Start(_) => None,
+            other => Some(other),
         }
     }
 
