@@ -12,6 +12,7 @@ pub mod sse;
 pub mod store;
 pub mod supervisor;
 pub mod sysinfo;
+pub mod systemd;
 pub mod tcping;
 
 pub use run::run;

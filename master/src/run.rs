@@ -27,6 +27,7 @@ use crate::store::{self, Store};
 use crate::supervisor::isolation::Isolation;
 use crate::supervisor::{Shared, Supervisor, UrlDefaults, spawn};
 use crate::sysinfo::Sampler;
+use crate::systemd;
 
 /// Counters reach the disk at least this often.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -205,14 +206,27 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!(addr = %addr, prefix = %cfg.prefix, "API listening on {scheme}://{addr}{}", cfg.prefix);
     let server_task = tokio::spawn(server);
 
+    // The supervisor's periodic loop beats the heartbeat; if it gets stuck the
+    // watchdog pings stop and systemd restarts the service.
+    let heartbeat = systemd::Heartbeat::new(STATS_INTERVAL);
     let persist = {
         let sup = sup.clone();
+        let heartbeat = heartbeat.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(STATS_INTERVAL);
             loop {
                 tick.tick().await;
                 sup.persist_counters().await;
+                heartbeat.beat();
             }
+        })
+    };
+    let api_url = format!("{scheme}://{addr}{}", cfg.prefix);
+    systemd::ready(&systemd::status_line(&api_url, sup.counts()));
+    let watchdog = {
+        let sup = sup.clone();
+        systemd::spawn_watchdog(heartbeat, move || {
+            systemd::status_line(&api_url, sup.counts())
         })
     };
 
@@ -222,6 +236,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
+    drop(watchdog);
+    systemd::stopping();
+    systemd::status("stopping: draining workers");
     gateway_stop.cancel();
     hub.shutdown_all();
     handle.stop(true).await;

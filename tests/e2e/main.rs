@@ -12,6 +12,7 @@ mod api_routes;
 mod api_sse;
 mod api_tunnel;
 mod cli;
+mod systemd;
 mod tunnel_auth;
 mod tunnel_params;
 mod tunnel_resilience;

@@ -1,0 +1,295 @@
+//! Running under systemd: the real `drover` talks `sd_notify` to a datagram
+//! socket this test binds as `$NOTIFY_SOCKET` (playing the service manager),
+//! and `scripts/drover.service` passes `systemd-analyze verify`.
+//!
+//! 1. Start `drover "master://127.0.0.1:0/api"` with `NOTIFY_SOCKET` and
+//!    `WATCHDOG_USEC=2000000` (so pings are due every second).
+//! 2. `READY=1` arrives with a `STATUS=` naming the bound API address, and
+//!    that address accepts connections.
+//! 3. At least two `WATCHDOG=1` follow.
+//! 4. SIGTERM → `STOPPING=1`, then exit status 0.
+//!
+//! The master is spawned here rather than by `Master::start`, which clears
+//! `NOTIFY_SOCKET` on purpose; its output goes to a file shown on failure.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use drover_e2e::master::master_bin;
+use drover_e2e::{DEADLINE, worker_bin};
+
+/// `WATCHDOG_USEC` given to the master: pings every second.
+const WATCHDOG_USEC: &str = "2000000";
+/// How many pings the test waits for.
+const PINGS: usize = 2;
+/// One read on the notify socket; short so deadlines are checked often.
+const RECV_SLICE: Duration = Duration::from_millis(100);
+
+/// The fake service manager's end: every datagram the master sent.
+struct Notify {
+    sock: UnixDatagram,
+    received: Vec<String>,
+}
+
+impl Notify {
+    fn bind(path: &Path) -> Notify {
+        let sock = UnixDatagram::bind(path).expect("binding the notify socket");
+        sock.set_read_timeout(Some(RECV_SLICE))
+            .expect("read timeout");
+        Notify {
+            sock,
+            received: Vec::new(),
+        }
+    }
+
+    /// Reads datagrams until one satisfies `want`, returning it; `None` when
+    /// `timeout` passes or `master` exits first.
+    fn until(
+        &mut self,
+        master: &mut Running,
+        timeout: Duration,
+        want: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let end = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < end {
+            match self.sock.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    self.received.push(msg.clone());
+                    if want(&msg) {
+                        return Some(msg);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if master.exited().is_some() {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("reading the notify socket: {e}"),
+            }
+        }
+        None
+    }
+}
+
+/// The master process; `Drop` kills its process group and reaps it.
+struct Running {
+    child: Child,
+    status: Option<ExitStatus>,
+    log: PathBuf,
+}
+
+impl Running {
+    fn start(dir: &Path, notify: &Path) -> Running {
+        let log = dir.join("master.log");
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file clone");
+        let child = Command::new(master_bin())
+            .arg("master://127.0.0.1:0/api")
+            .env("DROVER_DATA_DIR", dir.join("data"))
+            .env("DROVER_WORKER_BIN", worker_bin())
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", WATCHDOG_USEC)
+            .env_remove("WATCHDOG_PID")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("DROVER_BIN")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawning drover");
+        Running {
+            child,
+            status: None,
+            log,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn dump(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        format!("----- master log -----\n{text}----- end of master log -----")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = killpg(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+/// `…STATUS=API on http://127.0.0.1:PORT/api; 0 running, …` → the address.
+/// The scheme is optional.
+fn status_addr(msg: &str) -> Option<SocketAddr> {
+    let status = msg.lines().find_map(|l| l.strip_prefix("STATUS="))?;
+    let rest = &status[status.find("API on ")? + "API on ".len()..];
+    let api = rest.split([';', ' ']).next()?;
+    let api = api
+        .strip_prefix("http://")
+        .or_else(|| api.strip_prefix("https://"))
+        .unwrap_or(api);
+    api.split('/').next()?.parse().ok()
+}
+
+fn has_line(msg: &str, line: &str) -> bool {
+    msg.lines().any(|l| l == line)
+}
+
+/// READY=1 with the bound address in STATUS=, periodic WATCHDOG=1 and
+/// STOPPING=1 on SIGTERM, as a `Type=notify` unit with `WatchdogSec=` needs.
+#[test]
+fn notifies_ready_watchdog_and_stopping() {
+    let dir = tempfile::Builder::new()
+        .prefix("drover-e2e-systemd-")
+        .tempdir()
+        .expect("temporary dir");
+    let socket = dir.path().join("notify");
+    let mut notify = Notify::bind(&socket);
+    let mut master = Running::start(dir.path(), &socket);
+
+    let ready = notify
+        .until(&mut master, DEADLINE, |m| has_line(m, "READY=1"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no READY=1 within {DEADLINE:?} (master exited: {:?}); got {:?}",
+                master.exited(),
+                notify.received
+            )
+        });
+    let addr = status_addr(&ready)
+        .unwrap_or_else(|| panic!("READY=1 came without `STATUS=API on <addr>…`: {ready:?}"));
+    assert_ne!(
+        addr.port(),
+        0,
+        "STATUS names the requested port 0, not the bound one: {ready:?}"
+    );
+    TcpStream::connect_timeout(&addr, DEADLINE)
+        .unwrap_or_else(|e| panic!("the API is not at {addr} from {ready:?}: {e}"));
+
+    let mut pings = 0;
+    while pings < PINGS {
+        notify
+            .until(&mut master, DEADLINE, |m| has_line(m, "WATCHDOG=1"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "only {pings} WATCHDOG=1 within {DEADLINE:?} with WATCHDOG_USEC={WATCHDOG_USEC} \
+                     (master exited: {:?}); got {:?}",
+                    master.exited(),
+                    notify.received
+                )
+            });
+        pings += 1;
+    }
+
+    kill(master.pid(), Signal::SIGTERM).expect("SIGTERM");
+    notify
+        .until(&mut master, DEADLINE, |m| has_line(m, "STOPPING=1"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no STOPPING=1 within {DEADLINE:?} of SIGTERM; got {:?}",
+                notify.received
+            )
+        });
+    let status = master
+        .wait_exit(DEADLINE)
+        .unwrap_or_else(|| panic!("master still running {DEADLINE:?} after SIGTERM"));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+/// `scripts/check-unit` accepts `scripts/drover.service` (skipped, with a
+/// note, where systemd-analyze is not installed).
+#[test]
+fn unit_file_verifies() {
+    let has_analyze = Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_analyze {
+        eprintln!(
+            "note: systemd-analyze not found; skipping the unit check (apt-get install systemd)"
+        );
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-unit");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The address comes out of the status line, with or without a scheme.
+#[test]
+fn reads_the_address_from_the_status_line() {
+    let cases = [
+        (
+            "READY=1\nSTATUS=API on http://127.0.0.1:42369/api; 0 running, 0 stopped, 0 error\n",
+            Some("127.0.0.1:42369"),
+        ),
+        (
+            "STATUS=API on 127.0.0.1:9090/api; 3 running, 1 stopped, 0 error\n",
+            Some("127.0.0.1:9090"),
+        ),
+        (
+            "STATUS=API on https://[::1]:9090/api; 1 running\n",
+            Some("[::1]:9090"),
+        ),
+        ("READY=1\n", None),
+        ("STATUS=starting\n", None),
+    ];
+    for (msg, want) in cases {
+        let got = status_addr(msg).map(|a| a.to_string());
+        assert_eq!(got.as_deref(), want, "{msg:?}");
+    }
+}
