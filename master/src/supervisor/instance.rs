@@ -234,6 +234,7 @@ impl Instance {
             listeners: None,
             policy: Policy::default(),
             reap_due: false,
+            log_budget: LogBudget::new(),
         };
         // On the master's main runtime, never on an API thread's: tasks must
         // outlive API shutdown, and PR_SET_PDEATHSIG fires when the *thread*
@@ -274,6 +275,49 @@ struct Task {
     policy: Policy,
     /// Set when the worker reported an idle period past the limit.
     reap_due: bool,
+    log_budget: LogBudget,
+}
+
+/// Log lines per second a worker may send before lines are dropped.
+const LOG_RATE: f64 = 200.0;
+/// Burst allowance of [`LOG_RATE`].
+const LOG_BURST: f64 = 1000.0;
+
+/// A token bucket over a worker's log lines.
+struct LogBudget {
+    tokens: f64,
+    at: Instant,
+    dropped: u64,
+}
+
+enum LogVerdict {
+    /// Pass the line; this many were dropped before it.
+    Pass(u64),
+    Drop,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        Self {
+            tokens: LOG_BURST,
+            at: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    fn take(&mut self) -> LogVerdict {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * LOG_RATE).min(LOG_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            LogVerdict::Pass(std::mem::take(&mut self.dropped))
+        } else {
+            self.dropped += 1;
+            LogVerdict::Drop
+        }
+    }
 }
 
 impl Task {
@@ -638,7 +682,20 @@ impl Task {
                     self.publish();
                 }
             }
-            ToMaster::Log(l) => self.log_line(l.line),
+            ToMaster::Log(l) => {
+                // A flooding (or compromised) worker must not drown the master or SSE.
+                match self.log_budget.take() {
+                    LogVerdict::Pass(dropped) => {
+                        if dropped > 0 {
+                            self.log_line(format!(
+                                "({dropped} log lines dropped: the worker logged too fast)"
+                            ));
+                        }
+                        self.log_line(l.line);
+                    }
+                    LogVerdict::Drop => {}
+                }
+            }
             ToMaster::Pong { .. } => *last_pong = Instant::now(),
             ToMaster::Bind(b) => self.on_bind(w, b.addr, b.proto).await,
             ToMaster::Fatal { message } => {
@@ -791,5 +848,25 @@ fn exit_text(status: std::io::Result<std::process::ExitStatus>, fatal: Option<St
     match fatal {
         Some(f) => format!("{base}: {f}"),
         None => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood passes the burst, then drops, and reports how many it dropped.
+    #[test]
+    fn log_budget_drops_a_flood() {
+        let mut b = LogBudget::new();
+        let passed = (0..5000)
+            .filter(|_| matches!(b.take(), LogVerdict::Pass(_)))
+            .count();
+        assert!((1000..1100).contains(&passed), "{passed}");
+        b.at -= Duration::from_secs(1);
+        match b.take() {
+            LogVerdict::Pass(dropped) => assert!(dropped >= 3900, "{dropped}"),
+            LogVerdict::Drop => panic!("a second later a line passes"),
+        }
     }
 }
