@@ -75,33 +75,33 @@ async fn master_record(store: &Store) -> Result<MasterRecord> {
     Ok(m)
 }
 
+/// The API's TLS: `tls=1` a fresh self-signed certificate, `tls=2` the
+/// `crt`/`key` files, re-read when they change.
 fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (certs, key) = match cfg.tls {
+    use proto::certs::{CertResolver, certified_key};
+    let resolver = match cfg.tls {
         0 => return Ok(None),
         1 => {
             let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
                 .context("making the self-signed API certificate")?;
-            let key = PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes())
-                .context("encoding the API key pair")?;
-            (vec![ck.cert.der().clone()], key)
+            let key = certified_key(
+                ck.cert.pem().as_bytes(),
+                ck.signing_key.serialize_pem().as_bytes(),
+                "API tls=1",
+            )
+            .map_err(anyhow::Error::msg)?;
+            CertResolver::fixed(key)
         }
-        _ => {
-            let crt = cfg.crt.as_deref().unwrap_or_default();
-            let key = cfg.key.as_deref().unwrap_or_default();
-            let certs = CertificateDer::pem_file_iter(crt)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("reading crt {crt}"))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {key}"))?;
-            (certs, key)
-        }
+        _ => CertResolver::files(
+            cfg.crt.as_deref().unwrap_or_default(),
+            cfg.key.as_deref().unwrap_or_default(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("API tls=2 certificate")?,
     };
     let sc = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("API TLS certificate")?;
+        .with_cert_resolver(std::sync::Arc::new(resolver));
     Ok(Some(sc))
 }
 

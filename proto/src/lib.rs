@@ -7,6 +7,7 @@
 //! socketpair channel that carries them ([`channel`]), with its errors
 //! ([`error`]).
 
+pub mod certs;
 pub mod channel;
 pub mod clock;
 pub mod duration;

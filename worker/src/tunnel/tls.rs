@@ -7,18 +7,16 @@
 //!   `tls=2` the chain is verified against the system roots plus the client's
 //!   `crt=` file, for the name in `sni=`.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+
+use proto::certs::{self, CertResolver};
 
 use super::error::TunnelError;
 
@@ -50,86 +48,6 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
-fn certified(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-    what: &str,
-) -> Result<Arc<CertifiedKey>, TunnelError> {
-    let bad = |e: String| TunnelError::Config(format!("{what}: {e}"));
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("certificate PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("no certificate in the PEM".into()));
-    }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad(format!("private key PEM: {e}")))?;
-    let signer = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| bad(format!("private key: {e}")))?;
-    let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match()
-        .map_err(|e| bad(format!("key does not match certificate: {e}")))?;
-    Ok(Arc::new(ck))
-}
-
-/// Where the server's certificate comes from.
-#[derive(Debug)]
-enum Source {
-    Fixed(Arc<CertifiedKey>),
-    Files {
-        crt: PathBuf,
-        key: PathBuf,
-        state: Mutex<(Arc<CertifiedKey>, Option<SystemTime>, Option<SystemTime>)>,
-    },
-}
-
-/// Serves the current certificate, re-reading `crt`/`key` when either changes.
-#[derive(Debug)]
-struct Resolver(Source);
-
-fn mtime(p: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-impl ResolvesServerCert for Resolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        match &self.0 {
-            Source::Fixed(ck) => Some(ck.clone()),
-            Source::Files { crt, key, state } => {
-                let mut st = state.lock().ok()?;
-                let (mc, mk) = (mtime(crt), mtime(key));
-                if (mc, mk) != (st.1, st.2) {
-                    match load_files(crt, key) {
-                        Ok(ck) => {
-                            tracing::info!(crt = %crt.display(), "tls certificate reloaded");
-                            *st = (ck, mc, mk);
-                        }
-                        Err(e) => {
-                            tracing::warn!(cause = %e, "tls certificate reload failed; keeping the old one");
-                            st.1 = mc;
-                            st.2 = mk;
-                        }
-                    }
-                }
-                Some(st.0.clone())
-            }
-        }
-    }
-}
-
-fn load_files(crt: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, TunnelError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|e| TunnelError::Config(format!("read {}: {e}", p.display())))
-    };
-    certified(
-        &read(crt)?,
-        &read(key)?,
-        &format!("tls=2 {}", crt.display()),
-    )
-}
-
 /// Server-side TLS: the acceptor and the fingerprint to show.
 pub struct ServerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
@@ -139,32 +57,29 @@ pub struct ServerTls {
 impl ServerTls {
     /// `tls=1` from given (or fresh) material.
     pub fn self_signed(material: &Material) -> Result<Self, TunnelError> {
-        let ck = certified(
+        let ck = certs::certified_key(
             material.cert_pem.as_bytes(),
             material.key_pem.as_bytes(),
             "tls=1",
-        )?;
-        Self::build(Source::Fixed(ck))
+        )
+        .map_err(TunnelError::Config)?;
+        Self::build(CertResolver::fixed(ck))
     }
 
     /// `tls=2` from files, reloaded on change.
     pub fn files(crt: &str, key: &str) -> Result<Self, TunnelError> {
-        let (crt, key) = (PathBuf::from(crt), PathBuf::from(key));
-        let ck = load_files(&crt, &key)?;
-        let state = Mutex::new((ck, mtime(&crt), mtime(&key)));
-        Self::build(Source::Files { crt, key, state })
+        let resolver =
+            CertResolver::files(crt, key).map_err(|e| TunnelError::Config(format!("tls=2 {e}")))?;
+        Self::build(resolver)
     }
 
-    fn build(source: Source) -> Result<Self, TunnelError> {
-        let leaf = match &source {
-            Source::Fixed(ck) => ck.cert[0].clone(),
-            Source::Files { state, .. } => state.lock().expect("fresh lock").0.cert[0].clone(),
-        };
+    fn build(resolver: CertResolver) -> Result<Self, TunnelError> {
+        let leaf = resolver.current().cert[0].clone();
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TunnelError::Config(format!("tls: {e}")))?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Resolver(source)));
+            .with_cert_resolver(Arc::new(resolver));
         // Idle pool links must carry no bytes (see Link::is_alive).
         cfg.send_tls13_tickets = 0;
         Ok(Self {
