@@ -36,6 +36,19 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// SSE events kept for `Last-Event-ID` resume.
 const REPLAY: usize = 4096;
 
+/// `HOST:PORT` of the gateway listener; port 0 picks a free port (tests).
+fn gateway_addr(text: &str) -> Result<std::net::SocketAddr> {
+    let (host, port) = proto::url::split_host_port(text).map_err(anyhow::Error::msg)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("port {port:?} is not a number in 0..65535"))?;
+    let hp = proto::spec::HostPort {
+        host: host.to_string(),
+        port,
+    };
+    Ok(proto::listen::listen_addr(&hp)?)
+}
+
 /// Root of the tenants' private working directories: `DROVER_TENANT_DIR`,
 /// else `$RUNTIME_DIRECTORY/tenants`, else `/tmp/drover-tenants`.
 fn tenant_root() -> std::path::PathBuf {
@@ -154,9 +167,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     );
     let gateway_stop = CancellationToken::new();
     if let Some(addr) = &cfg.gateway {
-        let hp = proto::spec::HostPort::parse(addr, "gateway").context("gateway address")?;
-        let sa =
-            proto::listen::listen_addr(&hp).with_context(|| format!("gateway address {addr}"))?;
+        let sa = gateway_addr(addr).with_context(|| format!("gateway address {addr:?}"))?;
         let std = proto::listen::bind_tcp(sa)
             .with_context(|| format!("binding the gateway on {addr}"))?;
         let listener = tokio::net::TcpListener::from_std(std).context("gateway listener")?;

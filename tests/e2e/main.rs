@@ -13,6 +13,7 @@ mod api_routes;
 mod api_sse;
 mod api_tunnel;
 mod cli;
+mod gateway;
 mod systemd;
 mod tunnel_auth;
 mod tunnel_params;

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod data;
+pub mod gateway;
 pub mod io;
 pub mod master;
 pub mod ports;

@@ -91,6 +91,7 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
     let grace = engine.grace_handle();
     grace.store(settings.grace_ms, Relaxed);
     let mut ready = engine.ready();
+    let ready_now = engine.ready();
     let stop = CancellationToken::new();
     let mut run = tokio::spawn(engine.run(stop.clone()));
 
@@ -143,7 +144,15 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
                     }
                     ToWorker::Bound(b) => binder.answer(Ok(fds.into_iter().next()), &b.addr),
                     ToWorker::BindError(b) => binder.answer(Err(b.reason), &b.addr),
-                    ToWorker::Adopt(a) => adopt(&adopter, a, fds),
+                    ToWorker::Adopt(a) => {
+                        // Without an entrance nothing would ever serve it: close at once.
+                        let has_entrance = ready_now.borrow().is_some_and(|r| r.entry.is_some());
+                        if has_entrance {
+                            adopt(&adopter, a, fds);
+                        } else {
+                            tracing::warn!(client = %a.client, "handed a connection, but this instance has no entrance; closed");
+                        }
+                    }
                     ToWorker::Hello(_) => return fatal(&sender, 2, "second Hello".into()).await,
                 },
                 // The master is gone: its copies of our listeners are closed; go now.

@@ -83,8 +83,13 @@ pub async fn put(
         .instance
         .filter(|i| !i.is_empty())
         .ok_or_else(|| ApiError::BadRequest("Invalid request body: instance is required".into()))?;
-    if state.sup.get(&instance).is_none() {
+    let Some(inst) = state.sup.get(&instance) else {
         return Err(ApiError::NotFound("Instance not found".into()));
+    };
+    if !inst.lock().may_have_entrance() {
+        return Err(ApiError::Conflict(
+            "Instance has no entrance (exit-only tunnel end): gateway clients cannot be bound to it".into(),
+        ));
     }
     state
         .gateway

@@ -101,6 +101,15 @@ pub struct State {
 }
 
 impl State {
+    /// Whether the instance has (or may get) an entrance, so gateway clients
+    /// can be handed to it: a forward-mode server never does, and a worker
+    /// that reported ready without an entry port does not.
+    pub fn may_have_entrance(&self) -> bool {
+        let forward_server = self.spec.role == proto::Role::Server && self.spec.params.mode == 2;
+        let ready_without_entry = self.live.mode != 0 && self.entry.is_none() && self.pid.is_some();
+        !(forward_server || ready_without_entry)
+    }
+
     /// How long the worker may sit idle before it is reaped, if at all.
     pub fn idle_limit(&self) -> Option<Duration> {
         match self.spec.params.idle {
@@ -431,11 +440,11 @@ impl Task {
                     self.log_line("worker idle: reaped; the next connection wakes it".into());
                     self.transition(WorkerState::Parked);
                     match self.wait_activation().await {
-                        None => {
+                        Ok(why) => {
                             self.shared.metrics.wake();
-                            tracing::info!(instance = %self.inst.id, "traffic on a parked listener; waking");
+                            tracing::info!(instance = %self.inst.id, "{why}; waking");
                         }
-                        Some(cmd) => return Some(cmd),
+                        Err(cmd) => return Some(cmd),
                     }
                 }
                 Outcome::Exited { how, ran } => {
@@ -452,9 +461,9 @@ impl Task {
                             self.transition(WorkerState::Backoff);
                             if let Some(cmd) = self.wait_command(d).await {
                                 match cmd {
-                                    Command::Restart | Command::Start(_) | Command::Wake => {
-                                        self.policy.reset()
-                                    }
+                                    Command::Restart | Command::Start(_) => self.policy.reset(),
+                                    // Traffic is waiting: restart now, but keep the crash-loop count.
+                                    Command::Wake => {}
                                     other => return Some(other),
                                 }
                             }
@@ -483,8 +492,8 @@ impl Task {
     }
 
     /// Parked: waits for traffic on any kept listener (socket activation) or
-    /// a command. `None` = traffic or a wake; `Some` = a command to finish.
-    async fn wait_activation(&mut self) -> Option<Command> {
+    /// a command. `Ok(why)` = wake up; `Err` = a command to finish.
+    async fn wait_activation(&mut self) -> Result<&'static str, Command> {
         let watchers: Vec<AsyncFd<std::os::fd::OwnedFd>> = self
             .listeners
             .as_ref()
@@ -506,11 +515,12 @@ impl Task {
         };
         let cmd = tokio::select! {
             cmd = self.cmds.recv() => cmd.unwrap_or(Command::Delete(oneshot::channel().0)),
-            () = traffic => return None,
+            () = traffic => return Ok("traffic on a parked listener"),
         };
         match cmd {
-            Command::Wake | Command::Restart | Command::Start(_) => None,
-            other => Some(other),
+            Command::Wake => Ok("gateway traffic for a parked instance"),
+            Command::Restart | Command::Start(_) => Ok("restart asked"),
+            other => Err(other),
         }
     }
 

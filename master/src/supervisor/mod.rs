@@ -470,32 +470,50 @@ impl Supervisor {
         use std::os::fd::AsFd;
         let deadline = tokio::time::Instant::now() + instance::READY_TIMEOUT;
         let mut ready = inst.ready.subscribe();
+        let mut last_error = None;
         loop {
-            let (control, status, state) = {
+            let (control, status) = {
                 let s = inst.lock();
-                (s.control.clone(), s.status, s.worker)
+                (s.control.clone(), s.status)
             };
             if status == Status::Stopped {
                 return Err("instance is stopped".into());
             }
-            if let Some(control) = control {
-                let msg = proto::ToWorker::Adopt(proto::message::Adopt {
-                    kind: proto::message::Transport::Tcp,
-                    client: client.chars().take(256).collect(),
-                });
-                return control
-                    .send(&msg, &[stream.as_fd()])
+            match control {
+                Some(control) => {
+                    let msg = proto::ToWorker::Adopt(proto::message::Adopt {
+                        kind: proto::message::Transport::Tcp,
+                        client: client.chars().take(256).collect(),
+                    });
+                    match control.send(&msg, &[stream.as_fd()]).await {
+                        Ok(()) => return Ok(()),
+                        // The worker just died: its replacement takes the connection.
+                        Err(e) => last_error = Some(format!("sending to the worker: {e}")),
+                    }
+                }
+                None => {
+                    // Parked, stopping or in backoff: ask for a worker. A wake
+                    // that arrives while it stops waits in the queue.
+                    if inst.lock().worker == instance::WorkerState::Parked {
+                        inst.lock().woken_by_gateway = true;
+                    }
+                    inst.send(Command::Wake);
+                }
+            }
+            let wait = async {
+                ready
+                    .changed()
                     .await
-                    .map_err(|e| format!("sending to the worker: {e}"));
-            }
-            if state == instance::WorkerState::Parked {
-                inst.lock().woken_by_gateway = true;
-                inst.send(Command::Wake);
-            }
-            match tokio::time::timeout_at(deadline, ready.changed()).await {
+                    .map_err(|_| "instance was deleted".to_string())
+            };
+            match tokio::time::timeout_at(deadline, wait).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err("instance was deleted".into()),
-                Err(_) => return Err("worker not ready within the readiness timeout".into()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        "worker not ready within the readiness timeout".into()
+                    }));
+                }
             }
         }
     }
