@@ -15,12 +15,15 @@
 //!    [`procs`] checks its worker processes in `/proc`.
 
 pub mod api;
+pub mod confine;
 pub mod data;
 pub mod gateway;
 pub mod io;
+pub mod lifecycle;
 pub mod master;
 pub mod ports;
 pub mod procs;
+pub mod prom;
 pub mod servers;
 pub mod sse;
 pub mod stats;

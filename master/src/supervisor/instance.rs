@@ -454,6 +454,8 @@ impl Task {
                         s.restarts += 1;
                         s.last_exit = Some(how);
                         s.pid = None;
+                        // The dead worker's entry port is closed; the next one reports its own.
+                        s.entry = None;
                     });
                     match self.policy.after_exit(ran) {
                         Next::RestartNow => {}
@@ -613,8 +615,9 @@ impl Task {
                             return Outcome::Reaped;
                         }
                     }
-                    Ok(None) => {
-                        // Control closed: the worker is exiting; its exit status follows.
+                    // Control closed or reset: the worker is exiting (or was killed
+                    // with frames unread); its exit status says how.
+                    Ok(None) | Err(proto::ProtoError::Io { .. }) => {
                         let status = w.child.wait().await;
                         return Outcome::Exited { how: exit_text(status, fatal), ran: started.elapsed() };
                     }

@@ -117,7 +117,17 @@ pub async fn spawn(
                     rlim_cur: WORKER_NOFILE,
                     rlim_max: WORKER_NOFILE,
                 };
-                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &files) < 0 {
+                    // Without CAP_SYS_RESOURCE: as many as the inherited hard limit allows.
+                    let mut cur = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) == 0 {
+                        cur.rlim_cur = cur.rlim_max.min(WORKER_NOFILE);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &cur);
+                    }
+                }
                 if libc::setgroups(0, std::ptr::null()) < 0
                     || libc::setgid(gid) < 0
                     || libc::setuid(uid) < 0
