@@ -197,6 +197,11 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let listener = TcpListener::bind(cfg.listen_addr())
         .with_context(|| format!("binding the API on {}", cfg.listen_addr()))?;
+    // Accepted sockets inherit TCP_NODELAY on Linux: small SSE frames and
+    // answers are not held back by Nagle waiting for a delayed ACK.
+    socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .context("TCP_NODELAY on the API listener")?;
     let addr = listener.local_addr().context("API address")?;
     let app_state = state.clone();
     let server = HttpServer::new(move || {

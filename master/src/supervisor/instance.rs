@@ -544,6 +544,13 @@ impl Task {
             });
             (s.record.url.clone(), tls, s.record.tenant.clone())
         };
+        // Reaping acts on stats: report at least twice per idle period.
+        let idle = self.inst.lock().idle_limit();
+        let stats_interval = idle
+            .map(|d| (d / 2).max(std::time::Duration::from_millis(100)))
+            .map_or(self.shared.stats_interval, |half| {
+                half.min(self.shared.stats_interval)
+            });
         let confine = self
             .shared
             .isolation
@@ -570,7 +577,7 @@ impl Task {
             log: self.shared.log.as_str(),
             tls,
             settings: Settings {
-                stats_interval_ms: self.shared.stats_interval.as_millis() as u64,
+                stats_interval_ms: stats_interval.as_millis() as u64,
                 grace_ms: self.shared.grace.as_millis() as u64,
                 idle_ms: None,
             },

@@ -314,9 +314,10 @@ impl Supervisor {
             .expect("instances lock")
             .insert(id, inst.clone());
         inst.lock().worker = instance::WorkerState::Starting;
-        inst.send(Command::Start(listeners));
+        // `create` goes out before the task's first `update` can.
         let view = inst.view();
         self.shared.hub.publish(EventKind::Create, Some(&view), "");
+        inst.send(Command::Start(listeners));
         Ok(view)
     }
 

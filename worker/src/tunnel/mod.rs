@@ -60,6 +60,9 @@ pub(crate) struct Ctx {
     pub sessions: TaskTracker,
     /// Cancelled when the drain grace runs out.
     pub hard_stop: CancellationToken,
+    /// Cancelled when the engine starts to stop (UDP sessions end at once:
+    /// nothing is in flight in them).
+    pub stopping: CancellationToken,
     /// Whether to open a loopback entry port beside the entrance (under the master).
     pub with_entry: bool,
     ready: watch::Sender<Option<ReadyInfo>>,
@@ -197,6 +200,7 @@ impl Engine {
             tls_material: self.tls_material,
             sessions: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            stopping: stop.clone(),
             with_entry: self.with_entry,
             ready: self.ready,
             adopted: std::sync::Mutex::new(Some(self.adopt.1)),

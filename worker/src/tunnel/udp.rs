@@ -131,7 +131,7 @@ async fn entrance_session(
                     activity.touch();
                 }
             };
-            run_until_idle(up, down, &activity).await;
+            run_until_idle(up, down, &activity, &ctx.stopping).await;
         }
         Opener::Tunnel(pool) => {
             let link = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer)
@@ -159,7 +159,7 @@ async fn entrance_session(
                     activity.touch();
                 }
             };
-            run_until_idle(up, down, &activity).await;
+            run_until_idle(up, down, &activity, &ctx.stopping).await;
         }
     }
     Ok(())
@@ -207,19 +207,22 @@ pub async fn exit_session(link: Link, ctx: &Ctx, user: SocketAddr, seq: u32) {
         }
     };
     tracing::debug!(%user, target = %addr, session = seq, "udp session open");
-    run_until_idle(up, down, &activity).await;
+    run_until_idle(up, down, &activity, &ctx.stopping).await;
 }
 
 /// Runs both directions until either ends or nothing moved for [`UDP_IDLE`].
+/// Ends at once when the engine stops: a UDP session holds nothing to drain.
 async fn run_until_idle(
     up: impl Future<Output = ()>,
     down: impl Future<Output = ()>,
     activity: &Activity,
+    stopping: &CancellationToken,
 ) {
     tokio::select! {
         () = up => {}
         () = down => {}
         () = activity.idle(UDP_IDLE) => {}
+        () = stopping.cancelled() => {}
     }
 }
 
