@@ -229,27 +229,25 @@ impl Supervisor {
         self.get(id).ok_or(SupError::NotFound)
     }
 
-    /// Every instance view, in id order.
-    pub fn list(&self) -> Vec<InstanceView> {
-        let all: Vec<Arc<Instance>> = self
-            .instances
+    /// Every instance, in id order (a snapshot: the lock is not held after).
+    fn all(&self) -> Vec<Arc<Instance>> {
+        self.instances
             .read()
             .expect("instances lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Every instance view, in id order.
+    pub fn list(&self) -> Vec<InstanceView> {
+        let all = self.all();
         all.iter().map(|i| i.view()).collect()
     }
 
     /// Counts of instances by status, for `STATUS=` and metrics.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let all: Vec<Arc<Instance>> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all();
         let mut c = (0, 0, 0);
         for i in all {
             match i.lock().status {
@@ -529,13 +527,7 @@ impl Supervisor {
 
     /// Writes every instance's counters (periodically and on stop).
     pub async fn persist_counters(&self) {
-        let all: Vec<Arc<Instance>> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all();
         let batch: Vec<(String, Counters)> = all
             .iter()
             .map(|i| (i.id.clone(), i.lock().totals()))
@@ -547,13 +539,7 @@ impl Supervisor {
 
     /// Master stop: every worker gets `Shutdown` at once; returns when all are gone.
     pub async fn stop_all(&self) {
-        let all: Vec<Arc<Instance>> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
-            .collect();
+        let all = self.all();
         let mut waits = Vec::new();
         for inst in all {
             if inst.lock().status != Status::Stopped {
