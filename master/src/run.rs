@@ -83,8 +83,13 @@ async fn master_record(store: &Store) -> Result<MasterRecord> {
         .put_master(&m)
         .await
         .context("saving the new API key")?;
-    // The one place the key is ever logged (DESIGN §5).
-    tracing::info!("API Key created: {}", m.api_key);
+    // The one place the key is ever shown (DESIGN §5). Printed whatever the
+    // log level: a key nobody saw could never be used.
+    eprintln!(
+        "{} drover: API Key created: {}",
+        proto::clock::now(),
+        m.api_key
+    );
     Ok(m)
 }
 
