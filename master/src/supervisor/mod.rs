@@ -9,7 +9,9 @@ pub mod backoff;
 pub mod instance;
 pub mod isolation;
 pub mod listeners;
+mod log_budget;
 pub mod spawn;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
