@@ -16,7 +16,6 @@
 //!    `gateway_default=<id>` once the id is known; `Drop` kills it and its
 //!    workers and prints its log when the test is failing.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -33,8 +32,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::api::Api;
-use crate::master::{Master, master_bin};
-use crate::procs::{children, proc_alive, proc_cmdline};
+use crate::master::{Log, Master, is_worker, master_bin, parse_listen_line, spawn_reader};
+use crate::procs::{children, proc_alive};
 use crate::worker::worker_bin;
 use crate::{DEADLINE, servers::PROXY_V2_SIGNATURE};
 
@@ -255,12 +254,6 @@ fn complete_body(got: &[u8]) -> Result<Option<String>, String> {
     Ok((body.len() >= len).then(|| String::from_utf8_lossy(&body[..len]).into_owned()))
 }
 
-#[derive(Default)]
-struct Log {
-    lines: Vec<String>,
-    closed: u8,
-}
-
 /// `drover <url>` on an existing data dir (that of a [`Master`] that exited).
 pub struct DirMaster {
     pub addr: SocketAddr,
@@ -305,12 +298,12 @@ impl DirMaster {
         let log = Arc::new(Mutex::new(Log::default()));
         let (tx, changed) = watch::channel(0usize);
         let tx = Arc::new(tx);
-        read_lines(
+        spawn_reader(
             child.stdout.take().expect("stdout"),
             log.clone(),
             tx.clone(),
         );
-        read_lines(child.stderr.take().expect("stderr"), log.clone(), tx);
+        spawn_reader(child.stderr.take().expect("stderr"), log.clone(), tx);
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(DEADLINE)
@@ -419,48 +412,6 @@ impl Drop for DirMaster {
             eprintln!("{}", self.dump());
         }
     }
-}
-
-fn is_worker(pid: u32) -> bool {
-    proc_cmdline(pid).is_some_and(|argv| argv.first().is_some_and(|a| a.ends_with("drover-worker")))
-}
-
-/// `… API listening on http://127.0.0.1:PORT/api …` → (addr, `/api`).
-fn parse_listen_line(line: &str) -> Option<(SocketAddr, String)> {
-    let marker = "API listening on ";
-    let rest = &line[line.find(marker)? + marker.len()..];
-    let hostpath = rest.split_whitespace().next()?.strip_prefix("http://")?;
-    let (addr, path) = match hostpath.find('/') {
-        Some(at) => (&hostpath[..at], &hostpath[at..]),
-        None => (hostpath, ""),
-    };
-    Some((addr.parse().ok()?, path.to_string()))
-}
-
-fn read_lines(
-    stream: impl Read + Send + 'static,
-    log: Arc<Mutex<Log>>,
-    tx: Arc<watch::Sender<usize>>,
-) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    log.lock().expect("log").lines.push(text);
-                    tx.send_modify(|n| *n += 1);
-                }
-            }
-        }
-        log.lock().expect("log").closed += 1;
-        tx.send_modify(|n| *n += 1);
-    });
 }
 
 #[cfg(test)]

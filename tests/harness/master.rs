@@ -62,10 +62,10 @@ pub fn master_bin() -> PathBuf {
 }
 
 #[derive(Default)]
-struct Log {
-    lines: Vec<String>,
+pub(crate) struct Log {
+    pub(crate) lines: Vec<String>,
     /// Streams that reached EOF (2 = both closed).
-    closed: u8,
+    pub(crate) closed: u8,
 }
 
 /// A running `drover "master://…"`.
@@ -411,12 +411,12 @@ impl Drop for Master {
     }
 }
 
-fn is_worker(pid: u32) -> bool {
+pub(crate) fn is_worker(pid: u32) -> bool {
     proc_cmdline(pid).is_some_and(|argv| argv.first().is_some_and(|a| a.ends_with("drover-worker")))
 }
 
 /// `… API listening on http://127.0.0.1:PORT/api addr=…` → (addr, `/api`).
-fn parse_listen_line(line: &str) -> Option<(SocketAddr, String)> {
+pub(crate) fn parse_listen_line(line: &str) -> Option<(SocketAddr, String)> {
     let rest = &line[line.find(LISTEN_MARKER)? + LISTEN_MARKER.len()..];
     let url = rest.split_whitespace().next()?;
     let hostpath = url.strip_prefix("http://")?;
@@ -427,7 +427,7 @@ fn parse_listen_line(line: &str) -> Option<(SocketAddr, String)> {
     Some((addr.parse().ok()?, path.to_string()))
 }
 
-fn spawn_reader(
+pub(crate) fn spawn_reader(
     stream: impl Read + Send + 'static,
     log: Arc<Mutex<Log>>,
     tx: Arc<watch::Sender<usize>>,
