@@ -12,7 +12,10 @@
 //!    `stats_interval_ms`, `Log` lines, `Pong` for each `Ping`;
 //! 3. worker → `Bind` for a listener it discovered it needs; master →
 //!    `Bound` plus the fd, or `BindError`;
-//! 4. master → `Adopt` plus an accepted socket (gateway handoff);
+//! 4. master → `Adopt` plus an accepted socket (gateway handoff); worker →
+//!    `Adopted` with its `seq` before it touches the socket, so the master
+//!    knows which handoffs a worker that dies took unread (those go to the
+//!    next worker);
 //! 5. master → `Shutdown`; worker drains and exits, or → `Fatal` and exits.
 //!
 //! Decoding ([`from_json`]) tells garbage ([`ProtoError::NotJson`]) from JSON
@@ -158,6 +161,8 @@ pub struct Adopt {
     pub kind: Transport,
     /// The client identity the gateway routed on.
     pub client: String,
+    /// Echoed in `Adopted`; 0 = the master keeps no copy and wants no answer.
+    pub seq: u64,
 }
 
 /// The listener a `Bind` asked for (carries its fd).
@@ -322,6 +327,11 @@ pub enum ToMaster {
     Stats(Stats),
     /// A log line.
     Log(Log),
+    /// Took the socket of the `Adopt` with this `seq` (sent before using it).
+    Adopted {
+        /// The `Adopt`'s `seq`.
+        seq: u64,
+    },
     /// The worker cannot go on and exits after this.
     Fatal {
         /// Why, for the operator.
@@ -330,7 +340,8 @@ pub enum ToMaster {
 }
 
 impl Message for ToMaster {
-    const TYPES: &'static [&'static str] = &["Bind", "Ready", "Pong", "Stats", "Log", "Fatal"];
+    const TYPES: &'static [&'static str] =
+        &["Bind", "Ready", "Pong", "Stats", "Log", "Adopted", "Fatal"];
 
     fn kind(&self) -> &'static str {
         match self {
@@ -339,6 +350,7 @@ impl Message for ToMaster {
             ToMaster::Pong { .. } => "Pong",
             ToMaster::Stats(_) => "Stats",
             ToMaster::Log(_) => "Log",
+            ToMaster::Adopted { .. } => "Adopted",
             ToMaster::Fatal { .. } => "Fatal",
         }
     }

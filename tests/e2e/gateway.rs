@@ -22,7 +22,10 @@ use drover_e2e::gateway::{
 };
 use drover_e2e::io::{connect, read_exact_len, stream_echo_sha256, try_echo, wait_closed};
 use drover_e2e::procs::proc_alive;
-use drover_e2e::{Api, DEADLINE, EchoServer, Master, free_addr, pattern, wait_for, wait_until};
+use drover_e2e::prom;
+use drover_e2e::{
+    Api, DEADLINE, EchoServer, Master, free_addr, pattern, wait_for, wait_until, wait_until_async,
+};
 
 /// The master URL of these tests: a gateway on a free loopback port, plus
 /// `extra` params. (The address is read back from the log; `gateway=…:0`
@@ -633,6 +636,41 @@ async fn connection_right_after_a_worker_death_waits_for_the_restart() {
             "round {round}: the first gateway connection after worker {pid} died was not served"
         );
     }
+}
+
+/// A connection handed to a worker that dies before reading it is served by
+/// the next worker: the master keeps a copy until the worker answers
+/// `Adopted`. The worker is frozen (SIGSTOP) so the handoff sits unread in
+/// its control socket when it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_the_dead_worker_never_read_goes_to_the_next() {
+    let master = Master::start_url(&gateway_url("")).await;
+    let api = master.api();
+    let gw = gateway_addr(&master).await;
+    let echo = EchoServer::start().await;
+    let (id, _) = instance_for(&api, echo.addr, "").await;
+    bind(&api, "frozen", &id).await;
+    let pid = worker_pid(&ready(&api, &id).await).expect("pid");
+    let worker = Pid::from_raw(pid as i32);
+    kill(worker, Signal::SIGSTOP).expect("freeze the worker");
+    let data = [as_client("frozen").as_slice(), &pattern(4096, 7)].concat();
+    let client = tokio::spawn(async move { try_echo(gw, &data, DEADLINE).await });
+    wait_until_async(DEADLINE, "the gateway to hand the connection over", || {
+        let api = api.clone();
+        async move {
+            let text = api.get("/metrics").await.text();
+            prom::parse(&text).is_ok_and(|e| e.value("drover_handoff_seconds_count", &[]) >= 1.0)
+        }
+    })
+    .await;
+    kill(worker, Signal::SIGKILL).expect("kill -9 the frozen worker");
+    assert!(
+        client.await.expect("client task"),
+        "the connection handed to the killed worker was not served by the next one"
+    );
+    assert_eq!(echo.accepted(), 1, "served exactly once");
+    let v = api.instance(&id).await;
+    assert_ne!(worker_pid(&v), Some(pid), "served by a new worker");
 }
 
 /// A gateway connection that arrives while its instance is being reaped

@@ -145,6 +145,11 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
                     ToWorker::Bound(b) => binder.answer(Ok(fds.into_iter().next()), &b.addr),
                     ToWorker::BindError(b) => binder.answer(Err(b.reason), &b.addr),
                     ToWorker::Adopt(a) => {
+                        // Acknowledged before the socket is touched: a handoff this
+                        // worker never answered is one it never read from.
+                        if a.seq != 0 {
+                            let _ = sender.send(&ToMaster::Adopted { seq: a.seq }, &[]).await;
+                        }
                         // Without an entrance nothing would ever serve it: close at once.
                         let has_entrance = ready_now.borrow().is_some_and(|r| r.entry.is_some());
                         if has_entrance {

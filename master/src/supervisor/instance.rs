@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
 use super::backoff::{self, Next, Policy};
+use super::handoffs::{Handed, InFlight};
 use super::listeners::{self, Listeners};
 use super::log_budget::{LogBudget, LogVerdict};
 use super::spawn::{self, Launch, Worker};
@@ -82,6 +83,7 @@ impl Instance {
                 offset: Counters::default(),
                 logs: VecDeque::new(),
                 control: None,
+                in_flight: InFlight::default(),
                 woken_by_gateway: false,
             }),
             cmds: tx,
@@ -95,6 +97,7 @@ impl Instance {
             policy: Policy::default(),
             reap_due: false,
             log_budget: LogBudget::new(),
+            carried: Vec::new(),
         };
         // On the master's main runtime, never on an API thread's: tasks must
         // outlive API shutdown, and PR_SET_PDEATHSIG fires when the *thread*
@@ -136,6 +139,8 @@ struct Task {
     /// Set when the worker reported an idle period past the limit.
     reap_due: bool,
     log_budget: LogBudget,
+    /// Gateway connections a dead worker never took, for the next one.
+    carried: Vec<Handed>,
 }
 
 impl Task {
@@ -205,6 +210,7 @@ impl Task {
     async fn finish(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Stop(done) => {
+                self.drop_carried("the instance stopped");
                 self.listeners = None;
                 self.set(|s| {
                     s.status = Status::Stopped;
@@ -215,6 +221,7 @@ impl Task {
                 false
             }
             Command::Delete(done) => {
+                self.drop_carried("the instance was deleted");
                 self.listeners = None;
                 let _ = done.send(());
                 true
@@ -230,7 +237,11 @@ impl Task {
             self.transition(WorkerState::Starting);
             let spawned = Instant::now();
             let outcome = match self.spawn().await {
-                Ok(worker) => self.supervise(worker, spawned).await,
+                Ok(mut worker) => {
+                    let outcome = self.supervise(&mut worker, spawned).await;
+                    self.read_last_answers(&mut worker).await;
+                    outcome
+                }
                 Err(why) => Outcome::Exited {
                     how: format!("spawn failed: {why}"),
                     ran: Duration::ZERO,
@@ -243,6 +254,9 @@ impl Task {
                     continue;
                 }
                 Outcome::Command(cmd) => return Some(cmd),
+                Outcome::Reaped if !self.carried.is_empty() => {
+                    tracing::info!(instance = %self.inst.id, waiting = self.carried.len(), "worker reaped with gateway connections unanswered; starting another");
+                }
                 Outcome::Reaped => {
                     self.shared.metrics.reap();
                     tracing::info!(instance = %self.inst.id, "worker idle; reaped (listeners kept, wakes on traffic)");
@@ -268,6 +282,8 @@ impl Task {
                     });
                     match self.policy.after_exit(ran) {
                         Next::RestartNow => {}
+                        // Connections are waiting: restart now, but keep the crash-loop count.
+                        Next::RestartAfter(_) if !self.carried.is_empty() => {}
                         Next::RestartAfter(d) => {
                             self.transition(WorkerState::Backoff);
                             if let Some(cmd) = self.wait_command(d).await {
@@ -280,6 +296,7 @@ impl Task {
                             }
                         }
                         Next::Failed => {
+                            self.drop_carried("the worker keeps failing");
                             self.set(|s| s.status = Status::Error);
                             self.transition(WorkerState::Failed);
                             tracing::error!(instance = %self.inst.id, "worker keeps failing; marked failed, retrying every 5 min");
@@ -402,7 +419,7 @@ impl Task {
     }
 
     /// Watches a worker until it exits or a command stops it.
-    async fn supervise(&mut self, mut w: Worker, spawned: Instant) -> Outcome {
+    async fn supervise(&mut self, w: &mut Worker, spawned: Instant) -> Outcome {
         // A verdict about the previous worker (its last stats) is not about this one.
         self.reap_due = false;
         let started = Instant::now();
@@ -423,11 +440,11 @@ impl Task {
                         if !ready && matches!(msg, ToMaster::Ready(_)) {
                             self.shared.metrics.observe_spawn(spawned.elapsed());
                         }
-                        if let Some(f) = self.on_message(&w, msg, &mut ready, &mut last_pong).await {
+                        if let Some(f) = self.on_message(w, msg, &mut ready, &mut last_pong).await {
                             fatal = Some(f);
                         }
                         if std::mem::take(&mut self.reap_due) {
-                            self.stop_worker(&mut w).await;
+                            self.stop_worker(w).await;
                             return Outcome::Reaped;
                         }
                     }
@@ -449,7 +466,7 @@ impl Task {
                     match cmd {
                         Command::Start(_) | Command::Wake => {}
                         cmd => {
-                            self.stop_worker(&mut w).await;
+                            self.stop_worker(w).await;
                             return Outcome::Command(cmd);
                         }
                     }
@@ -493,7 +510,11 @@ impl Task {
                 });
                 tracing::info!(instance = %self.inst.id, pid = r.pid, mode = r.mode, entry = ?r.entry, "worker ready");
                 self.transition(WorkerState::Ready);
+                self.hand_over_carried(w).await;
                 self.inst.ready.send_modify(|g| *g += 1);
+            }
+            ToMaster::Adopted { seq } => {
+                self.inst.lock().in_flight.ack(seq);
             }
             ToMaster::Stats(st) => {
                 let changed = {
@@ -641,11 +662,48 @@ impl Task {
         });
     }
 
-    async fn persist_counters(&self) {
+    /// Gives the new worker the connections its predecessor never took.
+    async fn hand_over_carried(&mut self, w: &Worker) {
+        use std::os::fd::AsFd;
+        for h in std::mem::take(&mut self.carried) {
+            let seq = self.inst.lock().in_flight.track(&h.stream, &h.client);
+            let msg = ToWorker::Adopt(proto::message::Adopt {
+                kind: Transport::Tcp,
+                client: h.client,
+                seq,
+            });
+            // A failed send leaves the kept copy in flight for the next worker.
+            let _ = w.channel.send(&msg, &[h.stream.as_fd()]).await;
+        }
+    }
+
+    /// The worker is gone: reads the frames it wrote before it went, so an
+    /// `Adopted` it sent counts. Its end is closed, so this does not wait.
+    async fn read_last_answers(&mut self, w: &mut Worker) {
+        let read = async {
+            while let Ok(Some((msg, _))) = w.channel.recv().await {
+                if let ToMaster::Adopted { seq } = msg {
+                    self.inst.lock().in_flight.ack(seq);
+                }
+            }
+        };
+        // Guards against a worker's descendant holding its control socket open.
+        let _ = tokio::time::timeout(Duration::from_millis(200), read).await;
+    }
+
+    fn drop_carried(&mut self, why: &str) {
+        if !self.carried.is_empty() {
+            tracing::warn!(instance = %self.inst.id, count = self.carried.len(), why, "gateway connections closed unserved");
+            self.carried.clear();
+        }
+    }
+
+    async fn persist_counters(&mut self) {
         let totals = {
             let mut s = self.inst.lock();
             s.pid = None;
             s.control = None;
+            self.carried.extend(s.in_flight.take_unanswered());
             s.fold_counters();
             s.totals()
         };

@@ -6,6 +6,7 @@
 //! SIGTERM, then SIGKILL of each worker's group → persist counters → flush.
 
 pub mod backoff;
+pub mod handoffs;
 pub mod instance;
 pub mod isolation;
 pub mod listeners;
@@ -482,14 +483,24 @@ impl Supervisor {
             }
             match control {
                 Some(control) => {
+                    let client: String = client.chars().take(256).collect();
+                    let seq = inst.lock().in_flight.track(&stream, &client);
                     let msg = proto::ToWorker::Adopt(proto::message::Adopt {
                         kind: proto::message::Transport::Tcp,
-                        client: client.chars().take(256).collect(),
+                        client,
+                        seq,
                     });
                     match control.send(&msg, &[stream.as_fd()]).await {
                         Ok(()) => return Ok(()),
-                        // The worker just died: its replacement takes the connection.
-                        Err(e) => last_error = Some(format!("sending to the worker: {e}")),
+                        Err(e) => {
+                            // The worker just died. If its task already took our
+                            // kept copy, the task hands it to the replacement;
+                            // otherwise we do, once that one is ready.
+                            if seq != 0 && !inst.lock().in_flight.ack(seq) {
+                                return Ok(());
+                            }
+                            last_error = Some(format!("sending to the worker: {e}"));
+                        }
                     }
                 }
                 None => {

@@ -8,6 +8,7 @@ use proto::message::Stats;
 use proto::spec::TunnelSpec;
 use proto::{ControlSender, ToWorker};
 
+use super::handoffs::InFlight;
 use super::time_text;
 use crate::model::{Counters, InstanceRecord, InstanceView, WorkerView};
 
@@ -76,6 +77,8 @@ pub struct State {
     pub logs: VecDeque<String>,
     /// The ready worker's control channel (gateway handoff), if any.
     pub control: Option<ControlSender<ToWorker>>,
+    /// Gateway connections the current worker has not answered yet.
+    pub in_flight: InFlight,
     /// Woken by the gateway: reaped after [`GATEWAY_IDLE`] unless `idle=` says otherwise.
     pub woken_by_gateway: bool,
 }

@@ -110,6 +110,7 @@ async fn passes_listener_and_connection() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "198.51.100.1".into(),
+        seq: 1,
     });
     master
         .send(&adopt, &[accepted.as_fd()])
@@ -153,6 +154,7 @@ async fn wrong_fd_count_from_peer() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "c".into(),
+        seq: 1,
     });
     fdpass::send(raw.as_fd(), &frame_of(&adopt), &[]).expect("send");
     assert!(matches!(
@@ -184,6 +186,7 @@ async fn wrong_fd_count_at_sender() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "c".into(),
+        seq: 1,
     });
     assert!(matches!(
         master.send(&adopt, &[]).await,

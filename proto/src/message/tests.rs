@@ -41,6 +41,7 @@ pub(crate) fn to_worker_samples() -> Vec<ToWorker> {
         Adopt {
             kind: Transport::Tcp,
             client: "203.0.113.7".into(),
+            seq: 9,
         }
         .into(),
         ToWorker::ResetCounters,
@@ -92,6 +93,7 @@ pub(crate) fn to_master_samples() -> Vec<ToMaster> {
             line: "tunnel handshake ok".into(),
         }
         .into(),
+        ToMaster::Adopted { seq: 9 },
         ToMaster::Fatal {
             message: "bind 0.0.0.0:80: permission denied".into(),
         },
