@@ -3,7 +3,12 @@
 use std::time::Duration;
 
 /// Parses `1h2m3s`, `500ms`, `1.5s`, `0`, or a bare integer (seconds).
+///
+/// Exact to the nanosecond (decimal arithmetic, no floating point), so a
+/// duration written by [`format`] parses back to itself.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    /// Ten years, the largest duration accepted.
+    const MAX_NANOS: u128 = 10 * 365 * 86_400 * 1_000_000_000;
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -11,7 +16,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = 0f64;
+    let out_of_range = || format!("duration {text:?} out of range");
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let num_len = rest
@@ -20,29 +26,49 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if num_len == 0 {
             return Err(format!("expected a number in {text:?}"));
         }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("bad number in {text:?}"))?;
+        let (int, frac) = rest[..num_len]
+            .split_once('.')
+            .unwrap_or((&rest[..num_len], ""));
+        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(format!("bad number in {text:?}"));
+        }
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             other => return Err(format!("unknown unit {other:?} in {text:?}")),
         };
-        total += value * scale;
         rest = &rest[unit_len..];
+        // Digits past the range only make the number larger: stop early.
+        let int: u128 = if int.is_empty() {
+            0
+        } else if int.len() > 30 {
+            return Err(out_of_range());
+        } else {
+            int.parse().map_err(|_| out_of_range())?
+        };
+        let mut nanos = int.checked_mul(unit).ok_or_else(out_of_range)?;
+        // Fraction digits beyond a nanosecond of the unit cannot count.
+        let mut scale = unit;
+        for d in frac.bytes().take(20) {
+            scale /= 10;
+            nanos += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(nanos).ok_or_else(out_of_range)?;
+        if total > MAX_NANOS {
+            return Err(out_of_range());
+        }
     }
-    if !total.is_finite() || total > 10.0 * 365.0 * 86400.0 {
-        return Err(format!("duration {text:?} out of range"));
-    }
-    Ok(Duration::from_secs_f64(total))
+    Ok(Duration::from_nanos(
+        u64::try_from(total).map_err(|_| out_of_range())?,
+    ))
 }
 
 /// Formats like Go's `Duration.String()` for whole units (`0s`, `1m30s`, `250ms`).
@@ -99,10 +125,53 @@ mod tests {
         assert_eq!(format(Duration::from_secs(300)), "5m0s");
     }
 
+    /// Fractions are exact: what `format` writes parses back to itself, to
+    /// the nanosecond (found by the URL property test: `idle=7043h16m43.365s`
+    /// read back as `…43.364999998s`, so each round trip lost a millisecond).
+    #[test]
+    fn fractions_are_exact() {
+        for (text, nanos) in [
+            ("7043h16m43.365s", 25_355_803_365_000_000u64),
+            ("0.1s", 100_000_000),
+            ("1.001s", 1_001_000_000),
+            (".5s", 500_000_000),
+            ("5.s", 5_000_000_000),
+            ("1.5ms", 1_500_000),
+            ("0.0000000019s", 1),
+        ] {
+            let d = parse(text).unwrap();
+            assert_eq!(d.as_nanos(), u128::from(nanos), "{text}");
+        }
+        for ms in [
+            1u64,
+            999,
+            1_001,
+            61_001,
+            3_600_001,
+            25_355_803_365,
+            315_359_999_999,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse(&format(d)).unwrap(), d, "{}", format(d));
+        }
+    }
+
     /// Garbage is an error, not a panic.
     #[test]
     fn rejects_garbage() {
-        for text in ["", "abc", "5x", "m", "1..2s", "-1s", "99999999999h"] {
+        for text in [
+            "",
+            "abc",
+            "5x",
+            "m",
+            "1..2s",
+            "1.2.3s",
+            ".s",
+            "-1s",
+            "99999999999h",
+            "87601h",
+            "999999999999999999999999999999999999999999s",
+        ] {
             assert!(parse(text).is_err(), "{text}");
         }
     }

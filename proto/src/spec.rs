@@ -352,31 +352,36 @@ impl TunnelSpec {
         }
     }
 
-    /// The URL with every param at its effective value (NodePass's `config`).
+    /// The URL with every param at its effective value (NodePass's `config`):
+    /// each param the URL gives (NodePass keeps the URL's query), plus the
+    /// defaults of those the role uses. Parses back to the same spec.
     pub fn config_url(&self) -> String {
         let p = &self.params;
-        let mut q: BTreeMap<&str, String> = BTreeMap::new();
-        q.insert("block", p.block.code());
-        q.insert("dial", p.dial.map_or("auto".into(), |ip| ip.to_string()));
-        q.insert("dns", duration::format(p.dns));
-        q.insert("log", p.log.as_str().into());
-        q.insert("mode", p.mode.to_string());
-        q.insert("notcp", (p.notcp as u8).to_string());
-        q.insert("noudp", (p.noudp as u8).to_string());
-        q.insert("proxy", p.proxy.to_string());
-        q.insert("rate", p.rate.to_string());
-        q.insert("read", duration::format(p.read));
-        q.insert("slot", p.slot.to_string());
-        q.insert("lbs", p.lbs.to_string());
+        let mut q = self.explicit_params();
+        let mut default = |name: &'static str, value: String| {
+            q.entry(name).or_insert(value);
+        };
+        default("block", p.block.code());
+        default("dial", p.dial.map_or("auto".into(), |ip| ip.to_string()));
+        default("dns", duration::format(p.dns));
+        default("log", p.log.as_str().into());
+        default("mode", p.mode.to_string());
+        default("notcp", (p.notcp as u8).to_string());
+        default("noudp", (p.noudp as u8).to_string());
+        default("proxy", p.proxy.to_string());
+        default("rate", p.rate.to_string());
+        default("read", duration::format(p.read));
+        default("slot", p.slot.to_string());
+        default("lbs", p.lbs.to_string());
         match self.role {
             Role::Server => {
-                q.insert("max", p.max.to_string());
-                q.insert("tls", p.tls.to_string());
-                q.insert("type", "0".into());
+                default("max", p.max.to_string());
+                default("tls", p.tls.to_string());
+                default("type", "0".into());
             }
             Role::Client => {
-                q.insert("min", p.min.to_string());
-                q.insert("sni", p.sni.clone().unwrap_or_else(|| "none".into()));
+                default("min", p.min.to_string());
+                default("sni", p.sni.clone().unwrap_or_else(|| "none".into()));
             }
         }
         self.write_url(&q)
@@ -675,6 +680,30 @@ mod tests {
             assert_eq!(s, again, "{text} -> {s}");
             TunnelSpec::parse(&s.config_url()).unwrap();
         }
+    }
+
+    /// The config URL keeps what the URL gives beyond the role's defaults
+    /// (found by the URL property test: a client's `tls` and `fp` pin, a
+    /// `tls=2` server's `crt`/`key` and `idle` were left out, so the config
+    /// of a `tls=2` server did not even parse).
+    #[test]
+    fn config_url_keeps_given_params() {
+        for text in [
+            "server://:10101/:8080?tls=2&crt=/c.pem&key=/k.pem&idle=5m&min=8",
+            "client://k@h.example:10101/127.0.0.1:80?tls=1&fp=sha256:AB&max=9&mode=2"
+                .replace("AB", &"ab".repeat(32))
+                .as_str(),
+        ] {
+            let s = TunnelSpec::parse(text).unwrap();
+            let config = s.config_url();
+            assert_eq!(TunnelSpec::parse(&config).unwrap(), s, "{config}");
+        }
+        let c = TunnelSpec::parse("client://h.example:1/a:2").unwrap();
+        assert_eq!(
+            c.config_url(),
+            "client://h.example:1/a:2?block=0&dial=auto&dns=5m0s&lbs=0&log=info&min=64&mode=0\
+             &notcp=0&noudp=0&proxy=0&rate=0&read=0s&slot=65536&sni=none"
+        );
     }
 
     /// The NodePass port-derived key matches NodePass's value.
