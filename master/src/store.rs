@@ -682,4 +682,6 @@ fn restrict_tree(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
