@@ -6,6 +6,7 @@
 //! the ping timer and commands from the API, never polls.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +22,7 @@ use super::Shared;
 use super::backoff::{self, Next, Policy};
 use super::handoffs::{Handed, InFlight};
 use super::listeners::{self, Listeners};
-use super::log_budget::{LogBudget, LogVerdict};
+use super::log_budget::{LogBudget, LogVerdict, clip};
 use super::spawn::{self, Launch, Worker};
 pub use super::state::{State, Status, WorkerState};
 use crate::model::{Counters, InstanceRecord, InstanceView};
@@ -423,6 +424,14 @@ impl Task {
         // A verdict about the previous worker (its last stats) is not about this one.
         self.reap_due = false;
         let started = Instant::now();
+        // Set when a send to the worker timed out and killed it.
+        let deaf = w.deaf.clone();
+        let why = move |fatal: Option<String>| {
+            fatal.or_else(|| {
+                deaf.load(Ordering::Relaxed)
+                    .then(|| spawn::DEAF.to_string())
+            })
+        };
         let mut ready = false;
         let mut last_pong = Instant::now();
         let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -433,7 +442,7 @@ impl Task {
         loop {
             tokio::select! {
                 status = w.child.wait() => {
-                    return Outcome::Exited { how: exit_text(status, fatal), ran: started.elapsed() };
+                    return Outcome::Exited { how: exit_text(status, why(fatal)), ran: started.elapsed() };
                 }
                 msg = w.channel.recv() => match msg {
                     Ok(Some((msg, _fds))) => {
@@ -452,7 +461,7 @@ impl Task {
                     // with frames unread); its exit status says how.
                     Ok(None) | Err(proto::ProtoError::Io { .. }) => {
                         let status = w.child.wait().await;
-                        return Outcome::Exited { how: exit_text(status, fatal), ran: started.elapsed() };
+                        return Outcome::Exited { how: exit_text(status, why(fatal)), ran: started.elapsed() };
                     }
                     Err(e) => {
                         tracing::error!(instance = %self.inst.id, cause = %e, "protocol error from the worker; killing it");
@@ -479,7 +488,7 @@ impl Task {
                         return Outcome::Exited { how: exit_text(status, Some("hung: no Pong in 15 s".into())), ran: started.elapsed() };
                     }
                     seq += 1;
-                    let _ = w.channel.send(&ToWorker::Ping { seq }, &[]).await;
+                    w.send(&ToWorker::Ping { seq }, &[]).await;
                 }
                 () = &mut ready_deadline, if !ready => {
                     tracing::error!(instance = %self.inst.id, pid = w.pid, "worker not ready within 10 s; killing it");
@@ -541,7 +550,7 @@ impl Task {
                                 "({dropped} log lines dropped: the worker logged too fast)"
                             ));
                         }
-                        self.log_line(l.line);
+                        self.log_line(clip(l.line));
                     }
                     LogVerdict::Drop => {}
                 }
@@ -549,6 +558,7 @@ impl Task {
             ToMaster::Pong { .. } => *last_pong = Instant::now(),
             ToMaster::Bind(b) => self.on_bind(w, b.addr, b.proto).await,
             ToMaster::Fatal { message } => {
+                let message = clip(message);
                 tracing::error!(instance = %self.inst.id, message, "worker reported a fatal error");
                 self.log_line(format!("fatal: {message}"));
                 return Some(message);
@@ -567,11 +577,10 @@ impl Task {
                 reason,
             })
         };
-        if !listeners::may_bind(&spec, &addr) {
-            tracing::warn!(instance = %self.inst.id, addr, "worker asked to bind an address its URL does not name; refused");
-            let _ = w
-                .channel
-                .send(&answer_err("not an address of this instance".into()), &[])
+        if !listeners::may_bind(&spec, &addr, proto) {
+            let addr: String = addr.chars().take(128).collect();
+            tracing::warn!(instance = %self.inst.id, addr = %addr.escape_debug(), proto = %proto, "worker asked to bind an address its URL does not listen on; refused");
+            w.send(&answer_err("not an address of this instance".into()), &[])
                 .await;
             return;
         }
@@ -579,14 +588,12 @@ impl Task {
         let hp = match proto::spec::HostPort::parse(&addr, "addr") {
             Ok(hp) => hp,
             Err(e) => {
-                let _ = w.channel.send(&answer_err(e.to_string()), &[]).await;
+                w.send(&answer_err(e.to_string()), &[]).await;
                 return;
             }
         };
         let Some(listeners) = self.listeners.as_mut() else {
-            let _ = w
-                .channel
-                .send(&answer_err("instance is stopping".into()), &[])
+            w.send(&answer_err("instance is stopping".into()), &[])
                 .await;
             return;
         };
@@ -602,10 +609,10 @@ impl Task {
                     proto,
                 });
                 use std::os::fd::AsFd;
-                let _ = w.channel.send(&msg, &[fd.as_fd()]).await;
+                w.send(&msg, &[fd.as_fd()]).await;
             }
             Err(e) => {
-                let _ = w.channel.send(&answer_err(e.to_string()), &[]).await;
+                w.send(&answer_err(e.to_string()), &[]).await;
             }
         }
     }
@@ -616,15 +623,13 @@ impl Task {
         self.set(|s| s.control = None);
         self.transition(WorkerState::Stopping);
         let grace = self.shared.grace;
-        let _ = w
-            .channel
-            .send(
-                &ToWorker::Shutdown {
-                    grace_ms: grace.as_millis() as u64,
-                },
-                &[],
-            )
-            .await;
+        w.send(
+            &ToWorker::Shutdown {
+                grace_ms: grace.as_millis() as u64,
+            },
+            &[],
+        )
+        .await;
         let mut ready = true;
         let mut pong = Instant::now();
         let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
@@ -673,7 +678,7 @@ impl Task {
                 seq,
             });
             // A failed send leaves the kept copy in flight for the next worker.
-            let _ = w.channel.send(&msg, &[h.stream.as_fd()]).await;
+            w.send(&msg, &[h.stream.as_fd()]).await;
         }
     }
 

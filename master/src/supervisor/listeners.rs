@@ -141,10 +141,28 @@ fn bind_one(addr: &HostPort, proto: Transport) -> Result<OwnedFd, BindError> {
     })
 }
 
-/// Whether a worker of `spec` may ask for `addr` (DESIGN §1: only what its
-/// URL allows: the tunnel address or the first target).
-pub fn may_bind(spec: &TunnelSpec, addr: &str) -> bool {
-    addr == spec.tunnel.to_string() || addr == spec.targets[0].to_string()
+/// Whether a worker of `spec` may ask for `addr`/`proto` (DESIGN §1: only
+/// what its URL listens on, as [`Listeners::bind_for`] reads it): a server's
+/// tunnel port (TCP) and, unless it runs in forward mode (2), its entrance at
+/// the first target; a client's entrance at its tunnel address unless it runs
+/// dual-end (mode 2). An entrance is TCP unless `notcp`, UDP unless `noudp`.
+///
+/// Anything else is an address the instance only dials (a forward server's
+/// target, a client's server) or none of its business: a compromised worker
+/// asking for it gets nothing, not even a UDP socket on a TCP-only port.
+pub fn may_bind(spec: &TunnelSpec, addr: &str, proto: Transport) -> bool {
+    let p = &spec.params;
+    let entrance = match proto {
+        Transport::Tcp => !p.notcp,
+        Transport::Udp => !p.noudp,
+    } && p.mode != 2;
+    match spec.role {
+        Role::Server => {
+            (proto == Transport::Tcp && addr == spec.tunnel.to_string())
+                || (entrance && addr == spec.targets[0].to_string())
+        }
+        Role::Client => entrance && addr == spec.tunnel.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -168,7 +186,122 @@ mod tests {
                 .starts_with("Instance port conflict: 127.0.0.1:"),
             "{err}"
         );
-        assert!(may_bind(&spec, "127.0.0.1:1"));
-        assert!(!may_bind(&spec, "127.0.0.1:2"));
+    }
+
+    /// A worker may ask only for what its URL listens on: by role, mode,
+    /// transport and `notcp`/`noudp`; never for what it dials, never by
+    /// another spelling of the address.
+    #[test]
+    fn may_bind_only_what_the_url_listens_on() {
+        use Transport::{Tcp, Udp};
+        let cases: &[(&str, &str, Transport, bool)] = &[
+            // A reverse server: tunnel (TCP), entrance at the target (TCP+UDP).
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1",
+                "127.0.0.1:5",
+                Tcp,
+                true,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1",
+                "127.0.0.1:5",
+                Udp,
+                false,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1",
+                "127.0.0.1:6",
+                Tcp,
+                true,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1",
+                "127.0.0.1:6",
+                Udp,
+                true,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1&noudp=1",
+                "127.0.0.1:6",
+                Udp,
+                false,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=1&notcp=1",
+                "127.0.0.1:6",
+                Tcp,
+                false,
+            ),
+            ("server://127.0.0.1:5/127.0.0.1:6", "127.0.0.1:6", Tcp, true),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6,127.0.0.1:7",
+                "127.0.0.1:7",
+                Tcp,
+                false,
+            ),
+            ("server://127.0.0.1:5/127.0.0.1:6", ":6", Tcp, false),
+            ("server://127.0.0.1:5/127.0.0.1:6", "0.0.0.0:6", Tcp, false),
+            // A forward server dials its target: never listens there.
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:5",
+                Tcp,
+                true,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:6",
+                Tcp,
+                false,
+            ),
+            (
+                "server://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:6",
+                Udp,
+                false,
+            ),
+            // A single-end client listens on its tunnel address.
+            ("client://:5/127.0.0.1:6?mode=1", ":5", Tcp, true),
+            ("client://:5/127.0.0.1:6?mode=1", ":5", Udp, true),
+            ("client://:5/127.0.0.1:6?mode=1", "127.0.0.1:6", Tcp, false),
+            ("client://:5/127.0.0.1:6", ":5", Udp, true),
+            // A dual-end client dials its server: listens nowhere.
+            (
+                "client://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:5",
+                Tcp,
+                false,
+            ),
+            (
+                "client://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:5",
+                Udp,
+                false,
+            ),
+            (
+                "client://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:6",
+                Tcp,
+                false,
+            ),
+        ];
+        for (url, addr, proto, want) in cases {
+            let spec: TunnelSpec = url.parse().unwrap();
+            assert_eq!(
+                may_bind(&spec, addr, *proto),
+                *want,
+                "{url}: {addr}/{proto}"
+            );
+        }
+        for junk in [
+            "",
+            "garbage",
+            "/tmp/x.sock",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+        ] {
+            let spec: TunnelSpec = "client://:5/127.0.0.1:6?mode=1".parse().unwrap();
+            assert!(!may_bind(&spec, junk, Tcp), "{junk:?}");
+        }
     }
 }

@@ -8,31 +8,64 @@
 //! 4. `Hello` with the URL (never on argv or in the environment), TLS
 //!    material, settings and the listeners as `SCM_RIGHTS`.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use proto::message::{Hello, Settings, TlsMaterial};
+use proto::message::{Hello, Message, Settings, TlsMaterial};
 use proto::{MasterChannel, PROTOCOL_VERSION, Secret, ToWorker};
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::process::{Child, ChildStderr, Command};
 
 use super::isolation::{Confinement, WORKER_NOFILE};
 use super::listeners::Listeners;
+use super::log_budget::{self, LogBudget, LogVerdict};
+
+/// A worker must take each message within this: one whose control socket
+/// stays full that long is not reading it (hung or compromised) and is
+/// killed, so it can never stall its instance's task (and with it the API's
+/// stop and delete).
+pub const SEND_DEADLINE: Duration = Duration::from_secs(5);
+/// Why a worker killed by [`Worker::send`] ended (in `worker.last_exit`).
+pub const DEAF: &str = "not reading its control socket";
 
 /// A running worker process and its control channel.
 pub struct Worker {
     pub child: Child,
     pub pid: u32,
     pub channel: MasterChannel,
+    /// Set when [`Worker::send`] killed it for not reading.
+    pub deaf: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Signals the worker's whole process group.
     pub fn signal_group(&self, sig: Signal) {
         let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+    }
+
+    /// Sends a message (fds duplicated into the worker); a worker that does
+    /// not take it within [`SEND_DEADLINE`] is SIGKILLed and marked
+    /// [`Worker::deaf`]. Errors are not returned: a worker that cannot be
+    /// written to is dying, and its exit status says how.
+    pub async fn send(&self, msg: &ToWorker, fds: &[BorrowedFd<'_>]) {
+        if tokio::time::timeout(SEND_DEADLINE, self.channel.send(msg, fds))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                pid = self.pid,
+                kind = msg.kind(),
+                "worker {DEAF}; killing it"
+            );
+            self.deaf.store(true, Ordering::Relaxed);
+            self.signal_group(Signal::SIGKILL);
+        }
     }
 }
 
@@ -157,12 +190,7 @@ pub async fn spawn(
     drop(confine);
     let pid = child.id().ok_or("worker exited at once")?;
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                on_stderr(line);
-            }
-        });
+        tokio::spawn(read_stderr(stderr, on_stderr));
     }
     let channel =
         MasterChannel::from_std(master_end).map_err(|e| format!("control channel: {e}"))?;
@@ -179,6 +207,7 @@ pub async fn spawn(
         child,
         pid,
         channel,
+        deaf: Arc::default(),
     };
     if let Err(e) = worker
         .channel
@@ -189,4 +218,58 @@ pub async fn spawn(
         return Err(format!("sending Hello: {e}"));
     }
     Ok(worker)
+}
+
+/// Hands the worker's stderr to `on_line` line by line, as the worker's
+/// `Log` lines are taken: each cut to [`log_budget::MAX_LINE`] (the rest of
+/// a longer line is read and dropped, never buffered) and under a
+/// [`LogBudget`] of its own.
+async fn read_stderr(stderr: ChildStderr, on_line: impl Fn(String)) {
+    /// Bytes skipped per read past a line's first `MAX_LINE`.
+    const SKIP_CHUNK: u64 = 64 * 1024;
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stderr);
+    let mut budget = LogBudget::new();
+    let mut line = Vec::new();
+    let mut skip = Vec::new();
+    loop {
+        line.clear();
+        let limit = log_budget::MAX_LINE as u64;
+        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut cut = 0;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() as u64 == limit {
+            // A longer line: read past its end, keeping nothing.
+            loop {
+                skip.clear();
+                match (&mut reader)
+                    .take(SKIP_CHUNK)
+                    .read_until(b'\n', &mut skip)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if skip.last() == Some(&b'\n') => {
+                        cut += n - 1;
+                        break;
+                    }
+                    Ok(n) => cut += n,
+                }
+            }
+        }
+        let text = log_budget::clip_more(String::from_utf8_lossy(&line).into_owned(), cut);
+        match budget.take() {
+            LogVerdict::Pass(dropped) => {
+                if dropped > 0 {
+                    on_line(format!(
+                        "({dropped} stderr lines dropped: the worker wrote too fast)"
+                    ));
+                }
+                on_line(text);
+            }
+            LogVerdict::Drop => {}
+        }
+    }
 }

@@ -103,13 +103,17 @@ impl State {
         }
     }
 
+    /// Cumulative counters: earlier workers' plus the current one's since
+    /// the last reset. Saturating: a worker reports whatever it likes (a
+    /// compromised one `u64::MAX`), and an overflow would panic under the
+    /// instance's lock.
     pub fn totals(&self) -> Counters {
-        let d = |live: u64, off: u64| live.saturating_sub(off);
+        let d = |base: u64, live: u64, off: u64| base.saturating_add(live.saturating_sub(off));
         Counters {
-            tcprx: self.base.tcprx + d(self.live.tcprx, self.offset.tcprx),
-            tcptx: self.base.tcptx + d(self.live.tcptx, self.offset.tcptx),
-            udprx: self.base.udprx + d(self.live.udprx, self.offset.udprx),
-            udptx: self.base.udptx + d(self.live.udptx, self.offset.udptx),
+            tcprx: d(self.base.tcprx, self.live.tcprx, self.offset.tcprx),
+            tcptx: d(self.base.tcptx, self.live.tcptx, self.offset.tcptx),
+            udprx: d(self.base.udprx, self.live.udprx, self.offset.udprx),
+            udptx: d(self.base.udptx, self.live.udptx, self.offset.udptx),
         }
     }
 
