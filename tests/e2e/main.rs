@@ -13,6 +13,7 @@ mod api_routes;
 mod api_sse;
 mod api_tunnel;
 mod cli;
+mod compromised_worker;
 mod gateway;
 mod isolation;
 mod metrics;

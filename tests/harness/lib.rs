@@ -17,6 +17,7 @@
 pub mod api;
 pub mod confine;
 pub mod data;
+pub mod evil;
 pub mod gateway;
 pub mod io;
 pub mod lifecycle;

@@ -75,6 +75,8 @@ pub struct Master {
     /// The API prefix from the log line, e.g. `/api`.
     pub prefix: String,
     url: String,
+    /// The worker binary it runs (`DROVER_WORKER_BIN`).
+    worker: PathBuf,
     pid: u32,
     key: Mutex<String>,
     dir: Arc<TempDir>,
@@ -97,7 +99,17 @@ impl Master {
             .prefix("drover-e2e-master-")
             .tempdir()
             .expect("temporary data dir");
-        Self::launch(url, Arc::new(dir), None).await
+        Self::launch(url, Arc::new(dir), None, worker_bin()).await
+    }
+
+    /// A master on `url` with a fresh data dir that runs `worker` as its
+    /// worker binary (e.g. [`crate::evil::evil_worker_bin`]).
+    pub async fn start_with_worker(url: &str, worker: &Path) -> Master {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-e2e-master-")
+            .tempdir()
+            .expect("temporary data dir");
+        Self::launch(url, Arc::new(dir), None, worker.to_path_buf()).await
     }
 
     /// A new master on the same data dir and URL as `previous`, which must have
@@ -108,15 +120,26 @@ impl Master {
             "restart: the previous master (pid {}) is still running",
             previous.pid
         );
-        Self::launch(&previous.url, previous.dir.clone(), Some(previous.key())).await
+        Self::launch(
+            &previous.url,
+            previous.dir.clone(),
+            Some(previous.key()),
+            previous.worker.clone(),
+        )
+        .await
     }
 
-    async fn launch(url: &str, dir: Arc<TempDir>, known_key: Option<String>) -> Master {
+    async fn launch(
+        url: &str,
+        dir: Arc<TempDir>,
+        known_key: Option<String>,
+        worker: PathBuf,
+    ) -> Master {
         let bin = master_bin();
         let mut child = Command::new(&bin)
             .arg(url)
             .env("DROVER_DATA_DIR", dir.path())
-            .env("DROVER_WORKER_BIN", worker_bin())
+            .env("DROVER_WORKER_BIN", &worker)
             .env_remove("STATE_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("DROVER_BIN")
@@ -145,6 +168,7 @@ impl Master {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             prefix: String::new(),
             url: url.to_string(),
+            worker,
             pid: child.id(),
             key: Mutex::new(known_key.clone().unwrap_or_default()),
             dir,
@@ -412,7 +436,10 @@ impl Drop for Master {
 }
 
 pub(crate) fn is_worker(pid: u32) -> bool {
-    proc_cmdline(pid).is_some_and(|argv| argv.first().is_some_and(|a| a.ends_with("drover-worker")))
+    proc_cmdline(pid).is_some_and(|argv| {
+        argv.first()
+            .is_some_and(|a| a.ends_with("drover-worker") || a.ends_with("drover-evil-worker"))
+    })
 }
 
 /// `… API listening on http://127.0.0.1:PORT/api addr=…` → (addr, `/api`).
