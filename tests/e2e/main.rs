@@ -17,6 +17,7 @@ mod compromised_worker;
 mod gateway;
 mod isolation;
 mod metrics;
+mod secrets;
 mod supervision;
 mod systemd;
 mod tunnel_auth;
