@@ -72,7 +72,7 @@ async fn probe_with(slots: &Semaphore, target: &str) -> Result<TcpingResult, Str
 }
 
 /// Splits and checks the target; errors are worded for a 400 body.
-fn parse_target(target: &str) -> Result<(&str, u16), String> {
+pub(crate) fn parse_target(target: &str) -> Result<(&str, u16), String> {
     if target.is_empty() {
         return Err("Target address required".into());
     }

@@ -6,6 +6,7 @@
 //! The harness finds `drover-worker` and `drover` beside this test
 //! executable, or at `$DROVER_WORKER_BIN` / `$DROVER_BIN`.
 
+mod api_attack;
 mod api_docs;
 mod api_errors;
 mod api_persist;

@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use super::{ApiError, State, json, parse_body, read_body};
+use super::{ApiError, State, json, object, parse_body, read_body};
 use crate::model::{InstanceView, KEY_RECORD_ID, MAX_FIELD, Peer, default_tenant};
 use crate::sse::EventKind;
 use crate::supervisor::NewInstance;
@@ -79,6 +79,7 @@ struct PeerBody {
 
 #[derive(Deserialize)]
 struct MetaBody {
+    #[serde(default, deserialize_with = "object")]
     peer: Option<PeerBody>,
     tags: Option<BTreeMap<String, String>>,
 }
@@ -88,6 +89,7 @@ struct PatchBody {
     alias: Option<String>,
     action: Option<String>,
     restart: Option<bool>,
+    #[serde(default, deserialize_with = "object")]
     meta: Option<MetaBody>,
 }
 

@@ -4,7 +4,8 @@
 //! 2. `X-API-Key` is required (constant-time compare) except on
 //!    `/openapi.json`, `/docs`, `/healthz`.
 //! 3. Routes are served at `{prefix}/…` and `{prefix}/v1/…`; unknown paths
-//!    are a JSON 404, wrong methods a JSON 405.
+//!    are a JSON 404, wrong methods a JSON 405 with `Allow`, a query string
+//!    that does not parse a JSON 400.
 
 pub mod clients;
 pub mod error;
@@ -18,13 +19,15 @@ use std::time::Instant;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::QueryPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
@@ -76,15 +79,32 @@ pub async fn read_body(mut payload: web::Payload) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-/// Parses a JSON body into `T`, naming what is wrong.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
+/// Parses a JSON body into `T`, naming what is wrong. The body must be a
+/// JSON object: serde's derived structs would also take an array of their
+/// fields in order (`[null]` for `{"alias": null}`), which no client means.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let bad = |e: serde_json::Error| {
         if e.is_syntax() || e.is_eof() {
             ApiError::BadRequest("Invalid request body".into())
         } else {
             ApiError::BadRequest(format!("Invalid request body: {e}"))
         }
-    })
+    };
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(bad)?;
+    T::deserialize(serde_json::Value::Object(fields)).map_err(bad)
+}
+
+/// `#[serde(default, deserialize_with = "object")]` for a field holding a
+/// struct: only a JSON object (or `null`) is accepted, for the reason given
+/// at [`parse_body`].
+pub fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let Some(fields) = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    T::deserialize(serde_json::Value::Object(fields))
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn add_cors(headers: &mut header::HeaderMap) {
@@ -173,45 +193,62 @@ async fn not_found() -> HttpResponse {
     ApiError::NotFound("Not found".into()).error_response_json()
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    ApiError::MethodNotAllowed.error_response_json()
+/// The 405 of a route, whose `Allow` lists the methods it has (RFC 9110
+/// §15.5.6 requires it).
+pub fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut res = ApiError::MethodNotAllowed.error_response_json();
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+/// A query string that does not deserialise is a 400 like any other bad
+/// input (actix would answer it in plain text).
+fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let why = match &err {
+        QueryPayloadError::Deserialize(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    ApiError::BadRequest(format!("Invalid query: {why}")).into()
 }
 
 /// The routes of one spelling (`{prefix}` or `{prefix}/v1`).
 fn routes(cfg: &mut web::ServiceConfig) {
-    let r =
-        |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
+    let r = |path: &str, allow: &'static str| {
+        web::resource(path.to_string())
+            .default_service(web::to(move || async move { method_not_allowed(allow) }))
+    };
     cfg.service(
-        r("/instances")
+        r("/instances", "GET, POST")
             .route(web::get().to(instances::list))
             .route(web::post().to(instances::create)),
     )
-    .service(r("/instances/{id}/logs").route(web::get().to(instances::logs)))
+    .service(r("/instances/{id}/logs", "GET").route(web::get().to(instances::logs)))
     .service(
-        r("/instances/{id}")
+        r("/instances/{id}", "GET, PATCH, PUT, DELETE")
             .route(web::get().to(instances::get))
             .route(web::patch().to(instances::patch))
             .route(web::put().to(instances::put))
             .route(web::delete().to(instances::delete)),
     )
-    .service(r("/instances/").route(web::to(instances::missing_id)))
-    .service(r("/events").route(web::get().to(events::events)))
+    .service(r("/instances/", "").route(web::to(instances::missing_id)))
+    .service(r("/events", "GET").route(web::get().to(events::events)))
     .service(
-        r("/info")
+        r("/info", "GET, POST")
             .route(web::get().to(info::get))
             .route(web::post().to(info::set_alias)),
     )
-    .service(r("/tcping").route(web::get().to(info::tcping)))
-    .service(r("/metrics").route(web::get().to(info::metrics)))
-    .service(r("/clients").route(web::get().to(clients::list)))
+    .service(r("/tcping", "GET").route(web::get().to(info::tcping)))
+    .service(r("/metrics", "GET").route(web::get().to(info::metrics)))
+    .service(r("/clients", "GET").route(web::get().to(clients::list)))
     .service(
-        r("/clients/{client}")
+        r("/clients/{client}", "GET, PUT, DELETE")
             .route(web::get().to(clients::get))
             .route(web::put().to(clients::put))
             .route(web::delete().to(clients::delete)),
     )
-    .service(r("/healthz").route(web::get().to(info::healthz)))
-    .service(r("/openapi.json").route(web::get().to(info::openapi)));
+    .service(r("/healthz", "GET").route(web::get().to(info::healthz)))
+    .service(r("/openapi.json", "GET").route(web::get().to(info::openapi)));
 }
 
 /// Builds the app for `state`.
@@ -220,6 +257,7 @@ pub fn configure(state: State) -> impl FnOnce(&mut web::ServiceConfig) {
         let prefix = state.cfg.prefix.clone();
         let v1 = format!("{prefix}/v1");
         cfg.app_data(state)
+            .app_data(web::QueryConfig::default().error_handler(query_error))
             .configure(openapi::docs_config(&v1))
             .configure(openapi::docs_config(&prefix))
             .service(

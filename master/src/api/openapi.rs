@@ -18,6 +18,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
 use utoipa_swagger_ui::Config;
 
+/// What an instance URL starts with (the rest is the tunnel grammar, which
+/// JSON Schema cannot express: a URL that matches may still be a 400).
+const URL_SCHEME: &str = "^(server|client)://";
+
+/// `/tcping`'s `target`, as `tcping::parse_target` accepts it.
+const TCPING_TARGET: &str = "^(\\[[^\\]]+\\]|[^:\\[][^:]*):\
+0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+
 /// The OpenAPI version of [`document`].
 pub const OPENAPI_VERSION: &str = "3.1.0";
 
@@ -166,6 +174,34 @@ fn op_with_body(
     operation
 }
 
+/// An operation whose JSON body may be left out (an empty body changes nothing).
+fn op_with_optional_body(
+    tag: &str,
+    id: &str,
+    summary: &str,
+    description: &str,
+    body: &str,
+    responses: Value,
+) -> Value {
+    let mut operation = op_with_body(tag, id, summary, description, body, responses);
+    operation["requestBody"]["required"] = json!(false);
+    operation
+}
+
+/// `response` with OpenAPI links to `operations`, each taking `param` from
+/// `expression` (so clients and fuzzers know where an id goes next).
+fn with_links(mut response: Value, operations: &[&str], param: &str, expression: &str) -> Value {
+    let mut links = Map::new();
+    for id in operations {
+        links.insert(
+            (*id).to_owned(),
+            json!({ "operationId": id, "parameters": { param: expression } }),
+        );
+    }
+    response["links"] = Value::Object(links);
+    response
+}
+
 fn public(mut operation: Value) -> Value {
     operation["security"] = json!([]);
     operation
@@ -189,14 +225,16 @@ fn paths() -> Value {
                 "Validates the URL (scheme, host, port, targets, every parameter), binds its \
                  listeners, stores it and starts it. `restart` defaults to true. SSE: `create`.",
                 "CreateInstance",
-                responses(&[("201", json_body(schema("Instance"), "The new instance"))],
+                responses(&[("201", with_links(json_body(schema("Instance"), "The new instance"),
+                        &["getInstance", "patchInstance", "replaceInstanceUrl", "deleteInstance", "instanceLogs"],
+                        "id", "$response.body#/id"))],
                     &[400, 401, 405, 409, 413, 500])),
         },
         "/instances/{id}": {
             "parameters": [id_param],
             "get": op("instances", "getInstance", "Get an instance", "One instance.",
                 responses(&[("200", instance())], &[401, 404, 405])),
-            "patch": op_with_body("instances", "patchInstance", "Change or control an instance",
+            "patch": op_with_optional_body("instances", "patchInstance", "Change or control an instance",
                 "Applies, in order: `alias`, `action` (`start`, `stop`, `restart`, `reset` \
                  counters), `restart`, `meta` (`peer` replaced whole, `tags` replaced). Each \
                  applied step emits SSE `update`. On `********`, `{\"action\":\"restart\"}` \
@@ -217,7 +255,7 @@ fn paths() -> Value {
                 "The pseudo-instance `********`: `type` and `status` empty, `url` the API key, \
                  `config` the master id, `alias` the master alias.",
                 responses(&[("200", instance())], &[401, 405])),
-            "patch": op_with_body("master", "regenerateApiKey", "Regenerate the API key",
+            "patch": op_with_optional_body("master", "regenerateApiKey", "Regenerate the API key",
                 "`{\"action\":\"restart\"}` makes a new key; the response's `url` is the new \
                  key. Every SSE stream then gets `shutdown` and closes, so clients reconnect \
                  with the new key. Other bodies change nothing and answer 200.",
@@ -240,7 +278,7 @@ fn paths() -> Value {
                 "parameters": [{
                     "name": "tail", "in": "query", "required": false,
                     "description": "How many lines (default 100, capped by the buffer)",
-                    "schema": { "type": "integer", "minimum": 0 },
+                    "schema": { "type": "integer", "minimum": 0, "maximum": usize::MAX },
                 }],
                 "responses": responses(&[("200", json_body(schema("InstanceLogs"), "The lines"))],
                     &[400, 401, 404, 405]),
@@ -263,7 +301,7 @@ fn paths() -> Value {
                         "Cache-Control": { "schema": { "type": "string", "const": "no-cache" } },
                     },
                     "content": { "text/event-stream": {
-                        "schema": { "type": "string" },
+                        "schema": schema("SseEvent"),
                         "example": EVENTS_EXAMPLE,
                     } },
                 }))], &[401, 405]),
@@ -289,7 +327,8 @@ fn paths() -> Value {
                     connection is still 200, with `connected: false` and `error`.",
                 "parameters": [{
                     "name": "target", "in": "query", "required": true,
-                    "description": "`host:port`", "schema": { "type": "string" },
+                    "description": "`host:port` or `[v6]:port`, port 1-65535",
+                    "schema": { "type": "string", "pattern": TCPING_TARGET },
                 }],
                 "responses": responses(&[("200", json_body(schema("TcpingResult"), "The result"))],
                     &[400, 401, 405]),
@@ -300,25 +339,44 @@ fn paths() -> Value {
                 "name": "client", "in": "path", "required": true,
                 "description": "Client identity as the gateway sees it (`X-Client-Id`, forwarded \
                     or PROXY address, or peer IP)",
-                "schema": { "type": "string", "maxLength": 256 },
+                "schema": { "type": "string", "minLength": 1, "maxLength": 256 },
             }],
             "get": op("gateway", "getBinding", "Get a client's binding",
                 "Which instance the gateway routes this client to.",
-                responses(&[("200", json_body(schema("Binding"), "The binding"))], &[401, 404, 405])),
+                responses(&[("200", json_body(schema("Binding"), "The binding"))], &[400, 401, 404, 405])),
             "put": op_with_body("gateway", "putBinding", "Bind a client to an instance",
                 "The instance must have an entrance (`worker.entry`).",
                 "BindingUpdate",
-                responses(&[("200", json_body(schema("Binding"), "The binding"))],
+                responses(&[("200", with_links(json_body(schema("Binding"), "The binding"),
+                        &["getBinding", "deleteBinding"], "client", "$request.path.client"))],
                     &[400, 401, 404, 405, 409, 413, 500])),
             "delete": op("gateway", "deleteBinding", "Unbind a client", "Removes the binding.",
-                responses(&[("204", json!({ "description": "Removed" }))], &[401, 404, 405, 500])),
+                responses(&[("204", json!({ "description": "Removed" }))], &[400, 401, 404, 405, 500])),
+        },
+        "/clients": {
+            "get": {
+                "tags": ["gateway"],
+                "operationId": "listBindings",
+                "summary": "List client bindings",
+                "description": "A page of bindings in client order; `next` is the `after` of \
+                    the next page, null on the last one.",
+                "parameters": [
+                    { "name": "after", "in": "query", "required": false,
+                      "description": "Start after this client id", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false,
+                      "description": "Page size (default 100, clamped to 1..=1000)",
+                      "schema": { "type": "integer", "minimum": 0, "maximum": usize::MAX } },
+                ],
+                "responses": responses(&[("200", json_body(schema("BindingPage"), "The page"))],
+                    &[400, 401, 405]),
+            },
         },
         "/metrics": {
             "get": op("operations", "metrics", "Prometheus metrics (Drover)",
                 "Prometheus text exposition format.",
                 responses(&[("200", json!({
                     "description": "Metrics",
-                    "content": { "text/plain": { "schema": { "type": "string" } } },
+                    "content": { "application/openmetrics-text": { "schema": { "type": "string" } } },
                 }))], &[401, 405])),
         },
         "/healthz": {
@@ -390,6 +448,7 @@ fn schemas() -> Value {
     let counter =
         |description: &str| json!({ "type": "integer", "minimum": 0, "description": description });
     let field = |description: &str| json!({ "type": "string", "maxLength": 256, "description": description });
+    let optional_field = |description: &str| json!({ "type": ["string", "null"], "maxLength": 256, "description": description });
     let entries = [
         (
             "Error",
@@ -469,11 +528,13 @@ fn schemas() -> Value {
             json!({
                 "type": "object",
                 "required": ["url"],
+                "description": "Optional fields may be `null`, which is the same as leaving them out.",
                 "properties": {
-                    "url": { "type": "string", "description": "`server://[KEY@]HOST:PORT/TARGET[,TARGET…]?params` or `client://…`" },
-                    "alias": { "type": "string", "maxLength": 256 },
-                    "restart": { "type": "boolean", "default": true },
-                    "tenant": { "type": "string", "maxLength": 256, "default": "default" },
+                    "url": { "type": "string", "pattern": URL_SCHEME,
+                        "description": "`server://[KEY@]HOST:PORT/TARGET[,TARGET…]?params` or `client://…`" },
+                    "alias": { "type": ["string", "null"], "maxLength": 256 },
+                    "restart": { "type": ["boolean", "null"], "default": true },
+                    "tenant": { "type": ["string", "null"], "pattern": "^[a-z0-9_-]{1,32}$", "default": "default" },
                 },
                 "example": { "url": "server://:10101/127.0.0.1:8080" },
             }),
@@ -482,21 +543,26 @@ fn schemas() -> Value {
             "PatchInstance",
             json!({
                 "type": "object",
-                "description": "Every field optional; an empty body changes nothing.",
+                "description": "Every field optional; an empty body changes nothing. A field that \
+                    is `null` is the same as one left out.",
                 "properties": {
-                    "alias": { "type": "string", "maxLength": 256 },
-                    "action": { "type": "string", "enum": ["start", "stop", "restart", "reset"] },
-                    "restart": { "type": "boolean" },
+                    "alias": { "type": ["string", "null"], "maxLength": 256 },
+                    "action": { "type": ["string", "null"], "enum": ["start", "stop", "restart", "reset", null] },
+                    "restart": { "type": ["boolean", "null"] },
                     "meta": {
-                        "type": "object",
+                        "type": ["object", "null"],
                         "properties": {
                             "peer": {
-                                "type": "object",
-                                "description": "Replaces the whole peer",
-                                "properties": { "sid": field("Service id"), "type": field("Peer type"), "alias": field("Peer alias") },
+                                "type": ["object", "null"],
+                                "description": "Replaces the whole peer (a missing or null field is empty)",
+                                "properties": {
+                                    "sid": optional_field("Service id"),
+                                    "type": optional_field("Peer type"),
+                                    "alias": optional_field("Peer alias"),
+                                },
                             },
                             "tags": {
-                                "type": "object",
+                                "type": ["object", "null"],
                                 "description": "Replaces all tags",
                                 "additionalProperties": { "type": "string", "maxLength": 256 },
                             },
@@ -511,14 +577,16 @@ fn schemas() -> Value {
             json!({
                 "type": "object",
                 "required": ["url"],
-                "properties": { "url": { "type": "string" } },
+                "properties": { "url": { "type": "string", "pattern": URL_SCHEME } },
             }),
         ),
         (
             "RegenerateKey",
             json!({
                 "type": "object",
-                "properties": { "action": { "type": "string", "const": "restart" } },
+                "description": "Only `{\"action\":\"restart\"}` changes anything; other actions and \
+                    fields are accepted and ignored.",
+                "properties": { "action": { "type": ["string", "null"], "enum": ["start", "stop", "restart", "reset", null] } },
                 "example": { "action": "restart" },
             }),
         ),
@@ -544,6 +612,33 @@ fn schemas() -> Value {
                     "time": { "type": "string", "format": "date-time", "example": "2026-11-24T10:00:00.123+00:00" },
                     "instance": { "oneOf": [schema("Instance"), { "type": "null" }], "description": "null only for `shutdown`" },
                     "logs": { "type": "string", "description": "The log line for `log`, else empty" },
+                },
+            }),
+        ),
+        (
+            "SseEvent",
+            json!({
+                "type": "object",
+                "description": "One event of the stream as a client parses it (`retry: 3000` \
+                    opens the stream); `data` is one line of JSON, an `Event`",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": { "type": "string", "const": "instance" },
+                    "id": { "type": "string", "pattern": "^[0-9]+$" },
+                    "retry": { "type": "integer", "minimum": 0 },
+                    "data": { "type": "string", "contentMediaType": "application/json",
+                        "contentSchema": schema("Event") },
+                },
+            }),
+        ),
+        (
+            "BindingPage",
+            json!({
+                "type": "object",
+                "required": ["clients", "next"],
+                "properties": {
+                    "clients": { "type": "array", "items": schema("Binding") },
+                    "next": { "type": ["string", "null"] },
                 },
             }),
         ),
@@ -589,7 +684,8 @@ fn schemas() -> Value {
             "InfoUpdate",
             json!({
                 "type": "object",
-                "properties": { "alias": { "type": "string", "maxLength": 256 } },
+                "properties": { "alias": { "type": ["string", "null"], "maxLength": 256,
+                    "description": "Missing or null clears the alias" } },
             }),
         ),
         (
@@ -622,7 +718,7 @@ fn schemas() -> Value {
             json!({
                 "type": "object",
                 "required": ["instance"],
-                "properties": { "instance": { "type": "string", "description": "Instance id" } },
+                "properties": { "instance": { "type": "string", "minLength": 1, "description": "Instance id" } },
             }),
         ),
         (
@@ -659,17 +755,15 @@ pub fn docs_service(mount: &str) -> impl HttpServiceFactory + use<> {
     (
         web::resource(format!("{base}/docs"))
             .route(web::get().to(redirect_to_slash))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(get_only)),
         web::resource(format!("{base}/docs/{{file:.*}}"))
             .route(web::get().to(swagger_file))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(get_only)),
     )
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed()
-        .content_type("application/json")
-        .body("{\"error\":\"Method not allowed\"}\n")
+async fn get_only() -> HttpResponse {
+    super::method_not_allowed("GET")
 }
 
 /// `…/docs` → `…/docs/`, so the page's relative asset paths resolve.
@@ -735,6 +829,7 @@ mod tests {
         ("/info", &["get", "post"]),
         ("/tcping", &["get"]),
         ("/clients/{client}", &["get", "put", "delete"]),
+        ("/clients", &["get"]),
         ("/metrics", &["get"]),
         ("/openapi.json", &["get"]),
         ("/docs", &["get"]),
@@ -906,6 +1001,169 @@ mod tests {
         let validator = jsonschema::validator_for(&standalone).expect("compiles");
         for instance in [&json, &full] {
             assert!(validator.is_valid(instance), "{instance}");
+        }
+    }
+
+    /// Validates `value` against the component schema `name` (its `$ref`s resolved).
+    fn conforms(doc: &Value, name: &str, value: &Value) -> bool {
+        let mut standalone = doc["components"]["schemas"][name].clone();
+        standalone["$defs"] = doc["components"]["schemas"].clone();
+        let text = serde_json::to_string(&standalone)
+            .expect("schema")
+            .replace("#/components/schemas/", "#/$defs/");
+        let standalone: Value = serde_json::from_str(&text).expect("schema");
+        jsonschema::validator_for(&standalone)
+            .expect("compiles")
+            .is_valid(value)
+    }
+
+    /// `/metrics` is documented with the media type it is served with (the
+    /// fuzzer found `text/plain` documented).
+    #[test]
+    fn metrics_media_type_is_the_served_one() {
+        let doc = document("/api");
+        let content = &doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+        let served = crate::metrics::CONTENT_TYPE
+            .split(';')
+            .next()
+            .expect("type");
+        assert!(content[served].is_object(), "{content}");
+        assert_eq!(content.as_object().expect("content").len(), 1);
+    }
+
+    /// For SSE the schema describes one event as a client parses it
+    /// (`event`, `id`, `data`), as schemathesis reads OpenAPI 3.1; the
+    /// example's event conforms and its `data` is an `Event`.
+    #[test]
+    fn sse_schema_describes_one_event() {
+        let doc = document("/api");
+        let media =
+            &doc["paths"]["/events"]["get"]["responses"]["200"]["content"]["text/event-stream"];
+        assert_eq!(media["schema"]["$ref"], "#/components/schemas/SseEvent");
+        let data = EVENTS_EXAMPLE
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data line");
+        let event = json!({ "event": "instance", "id": "41", "data": data });
+        assert!(conforms(&doc, "SseEvent", &event));
+        assert!(conforms(
+            &doc,
+            "Event",
+            &serde_json::from_str(data).expect("JSON")
+        ));
+        for bad in [
+            json!({ "event": "message", "data": data }),
+            json!({ "event": "instance", "id": "x1", "data": data }),
+            json!({ "event": "instance" }),
+            json!(data),
+        ] {
+            assert!(!conforms(&doc, "SseEvent", &bad), "{bad}");
+        }
+    }
+
+    /// The documented `target` pattern of `/tcping` accepts exactly what the
+    /// handler accepts (a mismatch is a fuzzer failure either way).
+    #[test]
+    fn tcping_pattern_matches_the_parser() {
+        let doc = document("/api");
+        let params = &doc["paths"]["/tcping"]["get"]["parameters"];
+        let schema = &params[0]["schema"];
+        assert_eq!(schema["pattern"], TCPING_TARGET);
+        let validator = jsonschema::validator_for(schema).expect("compiles");
+        for target in [
+            "a:1",
+            "a:80",
+            "example.com:443",
+            "1.2.3.4:65535",
+            "[::1]:22",
+            "[fe80::1%eth0]:9",
+            "x:00080",
+            "]a:5",
+            "h h:7",
+            "a\nb:8",
+            "\u{0}:9",
+            "a:0",
+            "a:65536",
+            "a:",
+            ":80",
+            "a",
+            "",
+            "a:b",
+            "::1:80",
+            "[::1]",
+            "[]:80",
+            "[::1]x:80",
+            "a:80 ",
+            "a:+80",
+            "a:99999999",
+            "a:80\n",
+            "[a]]:1",
+            "[a:1",
+        ] {
+            let parsed = crate::tcping::parse_target(target).is_ok();
+            assert_eq!(
+                validator.is_valid(&json!(target)),
+                parsed,
+                "{target:?}: the parser says {parsed}"
+            );
+        }
+    }
+
+    /// Bodies that may be empty say so; optional fields document `null`
+    /// (the handlers take it as "left out").
+    #[test]
+    fn optional_bodies_and_null_fields_are_documented() {
+        let doc = document("/api");
+        for (path, method) in [
+            ("/instances/{id}", "patch"),
+            ("/instances/********", "patch"),
+        ] {
+            assert_eq!(doc["paths"][path][method]["requestBody"]["required"], false);
+        }
+        assert_eq!(
+            doc["paths"]["/instances"]["post"]["requestBody"]["required"],
+            true
+        );
+        let null_ok = [
+            (
+                "CreateInstance",
+                json!({ "url": "server://:1/a:2", "alias": null, "restart": null, "tenant": null }),
+            ),
+            (
+                "PatchInstance",
+                json!({ "alias": null, "action": null, "restart": null, "meta": null }),
+            ),
+            (
+                "PatchInstance",
+                json!({ "meta": { "peer": null, "tags": null } }),
+            ),
+            (
+                "PatchInstance",
+                json!({ "meta": { "peer": { "sid": null } } }),
+            ),
+            ("InfoUpdate", json!({ "alias": null })),
+            ("RegenerateKey", json!({ "action": null })),
+        ];
+        for (name, body) in null_ok {
+            assert!(conforms(&doc, name, &body), "{name} {body}");
+        }
+        let refused = [
+            ("CreateInstance", json!({ "url": null })),
+            ("CreateInstance", json!({ "url": "http://x:1/a:2" })),
+            (
+                "CreateInstance",
+                json!({ "url": "server://:1/a:2", "tenant": "Big" }),
+            ),
+            ("PatchInstance", json!({ "meta": [null, null] })),
+            (
+                "PatchInstance",
+                json!({ "meta": { "tags": { "k": null } } }),
+            ),
+            ("PutInstance", json!({ "url": null })),
+            ("BindingUpdate", json!({ "instance": "" })),
+        ];
+        for (name, body) in refused {
+            assert!(!conforms(&doc, name, &body), "{name} {body}");
         }
     }
 
