@@ -131,6 +131,14 @@ pub struct Store {
     bindings: sled::Tree,
     /// Told how long each flush took (metrics), once set.
     flush_observer: std::sync::Arc<std::sync::OnceLock<FlushObserver>>,
+    /// One mutation and its flush at a time. sled 0.34 guards every tree op
+    /// and flush with a process-wide lock that transactions take exclusively;
+    /// a flush holds it shared while it waits for log writes queued on sled's
+    /// small IO pool. Many flushes at once (100 instances reaped together)
+    /// fill that pool with flushes blocked behind a waiting transaction, and
+    /// the master deadlocks. Through this gate no transaction ever waits
+    /// behind one of our flushes, and flushes never pile up.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Receives the duration of every flush.
@@ -204,6 +212,7 @@ impl Store {
             bindings: tree("bindings")?,
             db,
             flush_observer: Default::default(),
+            write_gate: Default::default(),
         })
     }
 
@@ -214,6 +223,12 @@ impl Store {
 
     /// Fsyncs everything written so far (also done by every mutation).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
+        self.flush_gated().await
+    }
+
+    /// [`flush`](Self::flush) for a caller that holds the write gate.
+    async fn flush_gated(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let res = self
             .db
@@ -247,11 +262,12 @@ impl Store {
 
     /// Stores the master record (API key, master id, alias) durably.
     pub async fn put_master(&self, record: &MasterRecord) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
         let value = encode(record, "master", MASTER_KEY)?;
         self.master
             .insert(MASTER_KEY, value)
             .map_err(sled_err("writing", "master", MASTER_KEY))?;
-        self.flush().await
+        self.flush_gated().await
     }
 
     /// Tenant → uid allocations (isolation); empty when none or unreadable.
@@ -270,11 +286,12 @@ impl Store {
         &self,
         map: &std::collections::BTreeMap<String, u32>,
     ) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
         let value = encode(map, "master", TENANT_UIDS_KEY)?;
         self.master
             .insert(TENANT_UIDS_KEY, value)
             .map_err(sled_err("writing", "master", TENANT_UIDS_KEY))?;
-        self.flush().await
+        self.flush_gated().await
     }
 
     // ---- instances ----
@@ -309,16 +326,18 @@ impl Store {
     /// Stores an instance under its id, durably. The caller sets `v`
     /// ([`SCHEMA_VERSION`]).
     pub async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
         let value = encode(record, "instances", &record.id)?;
         self.instances
             .insert(record.id.as_bytes(), value)
             .map_err(sled_err("writing", "instances", &record.id))?;
-        self.flush().await
+        self.flush_gated().await
     }
 
     /// Removes an instance with its counters and every binding to it, in one
     /// transaction, durably. Returns whether the instance existed.
     pub async fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
+        let _gate = self.write_gate.lock().await;
         let doomed = self.bindings_to(id)?;
         let existed = (&self.instances, &self.counters, &self.bindings)
             .transaction(|(instances, counters, bindings)| {
@@ -337,7 +356,7 @@ impl Store {
                 .transaction(|bindings| unbind(bindings, &late, id))
                 .map_err(txn_err("unbinding", "bindings", id))?;
         }
-        self.flush().await?;
+        self.flush_gated().await?;
         Ok(existed)
     }
 
@@ -366,6 +385,7 @@ impl Store {
     /// Entries for instances no longer stored are dropped, so a late write
     /// from a deleted instance's task cannot resurrect its counters.
     pub async fn put_counters(&self, batch: &[(String, Counters)]) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
         if batch.is_empty() {
             return Ok(());
         }
@@ -387,7 +407,7 @@ impl Store {
                 Ok(())
             })
             .map_err(txn_err("writing", "counters", "(batch)"))?;
-        self.flush().await
+        self.flush_gated().await
     }
 
     // ---- bindings ----
@@ -440,6 +460,7 @@ impl Store {
     /// Binds a gateway client to a stored instance, durably;
     /// [`StoreError::UnknownInstance`] if the instance is not stored.
     pub async fn put_binding(&self, client: &str, instance: &str) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
         let record = BindingRecord {
             v: SCHEMA_VERSION,
             instance: instance.to_owned(),
@@ -458,16 +479,17 @@ impl Store {
                 Ok(())
             })
             .map_err(txn_err("writing", "bindings", client))?;
-        self.flush().await
+        self.flush_gated().await
     }
 
     /// Removes a client's binding, durably; returns whether it existed.
     pub async fn delete_binding(&self, client: &str) -> Result<bool, StoreError> {
+        let _gate = self.write_gate.lock().await;
         let old = self
             .bindings
             .remove(client.as_bytes())
             .map_err(sled_err("deleting", "bindings", client))?;
-        self.flush().await?;
+        self.flush_gated().await?;
         Ok(old.is_some())
     }
 

@@ -486,3 +486,48 @@ async fn golden_records_decode() {
     );
     assert_eq!(store.binding("alice").as_deref(), Some("1a2b3c4d"));
 }
+
+/// Many tasks writing at once (as when 100 instances are reaped together and
+/// each persists its counters) finish: without the write gate, sled's
+/// flushes fill its IO pool behind a waiting transaction and every writer
+/// hangs for good. The writers run on a runtime of their own in a thread the
+/// test can abandon, so a deadlock fails the test instead of hanging it.
+#[test]
+fn concurrent_writers_do_not_deadlock() {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (_tmp, store) = open();
+        let outcome = rt.block_on(async {
+            let ids: Vec<String> = (0..50).map(|i| format!("cc{i:06}")).collect();
+            for id in &ids {
+                store.put_instance(&instance(id)).await?;
+            }
+            let mut tasks = tokio::task::JoinSet::new();
+            for round in 0..4u64 {
+                for (i, id) in ids.iter().enumerate() {
+                    let store = store.clone();
+                    let id = id.clone();
+                    tasks.spawn(async move {
+                        store.put_counters(&[(id.clone(), counters(round))]).await?;
+                        store.put_binding(&format!("client-{i}-{round}"), &id).await
+                    });
+                }
+            }
+            while let Some(res) = tasks.join_next().await {
+                res.expect("writer task")?;
+            }
+            Ok::<_, StoreError>(store.bindings(None, 1000).len())
+        });
+        let _ = done.send(outcome.map_err(|e| e.to_string()));
+    });
+    let bound = std::time::Duration::from_secs(120);
+    match result.recv_timeout(bound) {
+        Ok(outcome) => assert_eq!(outcome.expect("writes"), 200),
+        Err(_) => panic!("200 concurrent writers still hung after {bound:?}: store deadlock"),
+    }
+}
