@@ -74,18 +74,24 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     ))
 }
 
-/// Formats like Go's `Duration.String()` for whole units (`0s`, `1m30s`, `250ms`).
+/// Formats like Go's `Duration.String()` (`0s`, `1m30s`, `250ms`, `1.5us`,
+/// `7ns`), exact to the nanosecond so [`parse`] reads back the same duration.
+/// Microseconds are written `us`, which Go also reads, so URLs stay ASCII.
 pub fn format(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
         return "0s".into();
     }
-    if ms < 1000 {
-        return format!("{ms}ms");
+    if nanos < 1_000_000_000 {
+        let (unit, name) = match nanos {
+            ..1_000 => (1, "ns"),
+            1_000..1_000_000 => (1_000, "us"),
+            _ => (1_000_000, "ms"),
+        };
+        return format!("{}{name}", decimal(nanos, unit));
     }
     let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let frac = ms % 1000;
+    let (h, m) = (secs / 3600, secs / 60 % 60);
     let mut out = String::new();
     if h > 0 {
         out.push_str(&format!("{h}h"));
@@ -93,16 +99,22 @@ pub fn format(d: Duration) -> String {
     if h > 0 || m > 0 {
         out.push_str(&format!("{m}m"));
     }
-    if frac > 0 {
-        out.push_str(&format!("{s}.{frac:03}s"));
-        while out.ends_with("0s") {
-            out.truncate(out.len() - 2);
-            out.push('s');
-        }
-    } else {
-        out.push_str(&format!("{s}s"));
-    }
+    let s = u128::from(secs % 60) * 1_000_000_000 + u128::from(d.subsec_nanos());
+    out.push_str(&decimal(s, 1_000_000_000));
+    out.push('s');
     out
+}
+
+/// `value / unit` (`unit` a power of ten) in decimal, without trailing
+/// zeros, and without a point when it is whole.
+fn decimal(value: u128, unit: u128) -> String {
+    let (int, frac) = (value / unit, value % unit);
+    if frac == 0 {
+        return int.to_string();
+    }
+    let width = unit.ilog10() as usize;
+    let digits = format!("{frac:0width$}");
+    format!("{int}.{}", digits.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -178,6 +190,28 @@ mod tests {
         }
         let d = parse("315360000").unwrap();
         assert_eq!(parse(&format(d)).unwrap(), d);
+    }
+
+    /// Below a millisecond nothing is lost either (found by the `url` fuzz
+    /// target: `idle=1ns` was written back as `idle=0s`, so the canonical URL
+    /// named another tunnel).
+    #[test]
+    fn formats_to_the_nanosecond() {
+        for (nanos, text) in [
+            (1u64, "1ns"),
+            (999, "999ns"),
+            (1_500, "1.5us"),
+            (1_000_000, "1ms"),
+            (1_500_000, "1.5ms"),
+            (999_999_999, "999.999999ms"),
+            (1_000_000_001, "1.000000001s"),
+            (61_500_000_000, "1m1.5s"),
+            (3_600_000_000_001, "1h0m0.000000001s"),
+        ] {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(format(d), text);
+            assert_eq!(parse(text).unwrap(), d, "{text}");
+        }
     }
 
     /// Garbage is an error, not a panic.

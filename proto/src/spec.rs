@@ -674,6 +674,8 @@ mod tests {
             "client://127.0.0.1:9/[::1]:80,x.y:1?mode=1&dial=127.0.0.2&fp=sha256:AB&noudp=1&idle=10m"
                 .replace("AB", &"ab".repeat(32))
                 .as_str(),
+            // Found by the url fuzz target: `idle=1ns` came back as `idle=0s`.
+            "client://:1/a:2?read=0m30s&dns=250ms&idle=1ns&dial=127.0.0.2&noudp=1&sni=none",
         ] {
             let s = TunnelSpec::parse(text).unwrap();
             let again = TunnelSpec::parse(&s.to_string()).unwrap();
