@@ -123,7 +123,7 @@ def finish(results: dict) -> None:
     cp = results.get("control") or {}
     for e in cp.get("errors", []):
         notes.append((e, "control plane"))
-    for sec in ("gateway", "scale", "create"):
+    for sec in ("gateway", "gateway_tput", "scale", "gateway_scale", "create"):
         for e in (cp.get(sec) or {}).get("errors", []) or []:
             notes.append((e, f"control plane, {sec}"))
     cr = cp.get("create") or {}
@@ -308,7 +308,7 @@ def main(argv=None) -> int:
             results["dataplane"] = runner.run(fwds)
         if not a.no_control:
             log(f"control plane: create→running ×{cps.create_samples}, SSE {cps.sse_subscribers} subscribers, gateway, {cps.kills} kills, {cps.scale_instances} instances")
-            cp = control.ControlPlane(cps, bins["drover"], bins["drover-worker"], bins["drover-bench"], backends.echo_port, ports, work, deadline, log)
+            cp = control.ControlPlane(cps, bins["drover"], bins["drover-worker"], bins["drover-bench"], backends, ports, work, deadline, log)
             results["control"] = cp.run()
     except KeyboardInterrupt:
         log("interrupted: stopping every process started")

@@ -12,13 +12,18 @@ Phases (each bounded in time; instances are single-end clients
    apart; per subscriber and change: delivered or not, and the lag from the
    PATCH being sent to the event arriving.
 3. Gateway: cold start (instance with `idle=1s`, wait until parked, time a
-   gateway connection to the first echoed byte) and warm handoff (connect +
-   first byte through the gateway versus the worker's `worker.entry`).
+   gateway connection to the first echoed byte), warm handoff (connect +
+   first byte through the gateway versus the worker's `worker.entry`), and
+   one long iperf3 transfer through the gateway versus the entry port.
 4. Restart after `kill -9` of a worker: time from the kill to the first byte
    echoed by the replacement worker, and connections refused meanwhile (a probe
    keeps connecting to that instance's port through each kill).
 5. Scale: many instances created and running (time, master RSS, total worker
    RSS, GET /instances latency) — on a fresh master.
+6. Gateway at scale, on a fresh master: many `idle=1s` instances left to
+   park, ten bindings per instance, then gateway connections by
+   `X-Client-Id` for a sample of clients — each must be echoed and wake
+   exactly its own instance.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
+from .dataplane import _iperf as dataplane_iperf
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -53,10 +59,21 @@ class CpSettings:
     warm_conns: int
     kills: int
     scale_instances: int
+    gw_tput_reps: int
+    gw_tput_seconds: int
+    gw_scale_instances: int
+    gw_scale_bindings: int
+    gw_scale_probes: int
 
 
-CP_QUICK = CpSettings(create_samples=10, sse_subscribers=100, sse_events=20, cold_samples=3, warm_reps=3, warm_conns=300, kills=5, scale_instances=100)
-CP_FULL = CpSettings(create_samples=30, sse_subscribers=100, sse_events=50, cold_samples=10, warm_reps=5, warm_conns=1000, kills=20, scale_instances=1000)
+CP_QUICK = CpSettings(
+    create_samples=10, sse_subscribers=100, sse_events=20, cold_samples=3, warm_reps=3, warm_conns=300, kills=5, scale_instances=100,
+    gw_tput_reps=1, gw_tput_seconds=2, gw_scale_instances=100, gw_scale_bindings=1000, gw_scale_probes=20,
+)
+CP_FULL = CpSettings(
+    create_samples=30, sse_subscribers=100, sse_events=50, cold_samples=10, warm_reps=5, warm_conns=1000, kills=20, scale_instances=1000,
+    gw_tput_reps=3, gw_tput_seconds=5, gw_scale_instances=1000, gw_scale_bindings=10000, gw_scale_probes=100,
+)
 
 
 # ---------------------------------------------------------------- master + API
@@ -307,9 +324,10 @@ class SseSubscribers:
 
 
 class ControlPlane:
-    def __init__(self, cfg: CpSettings, drover: str, worker: str, bench_bin: str, echo_port: int, ports: procs.Ports, workdir: Path, deadline: float, log):
+    def __init__(self, cfg: CpSettings, drover: str, worker: str, bench_bin: str, backends, ports: procs.Ports, workdir: Path, deadline: float, log):
         self.cfg, self.drover, self.worker, self.bench_bin = cfg, drover, worker, bench_bin
-        self.echo_port, self.ports, self.workdir, self.deadline, self.log = echo_port, ports, workdir, deadline, log
+        self.backends, self.echo_port = backends, backends.echo_port
+        self.ports, self.workdir, self.deadline, self.log = ports, workdir, deadline, log
         self.out: dict = {"errors": []}
 
     def run(self) -> dict:
@@ -322,7 +340,14 @@ class ControlPlane:
             # (shorter runs are backed off on purpose), and that time is
             # spent on the other phases.
             victims = self._start_victims(m)
-            for name, fn in (("create", self.create_to_running), ("sse", self.sse_fanout), ("gateway", self.gateway), ("restart", lambda mm: self.restart(mm, victims))):
+            phases = (
+                ("create", self.create_to_running),
+                ("sse", self.sse_fanout),
+                ("gateway", self.gateway),
+                ("gateway throughput", self.gateway_throughput),
+                ("restart", lambda mm: self.restart(mm, victims)),
+            )
+            for name, fn in phases:
                 if time.monotonic() > self.deadline:
                     self.out["errors"].append(f"{name}: skipped (time bound)")
                     continue
@@ -334,15 +359,16 @@ class ControlPlane:
                 self.log(f"  control plane: {name} done in {time.monotonic() - t:.1f} s")
         finally:
             m.stop(grace=20)
-        if time.monotonic() < self.deadline:
+        for name, fn in (("scale", self.scale), ("gateway scale", self.gateway_scale)):
+            if time.monotonic() > self.deadline:
+                self.out["errors"].append(f"{name}: skipped (time bound)")
+                continue
             t = time.monotonic()
             try:
-                self.scale()
+                fn()
             except Exception as e:
-                self.out["errors"].append(f"scale: {type(e).__name__}: {e}")
-            self.log(f"  control plane: scale done in {time.monotonic() - t:.1f} s")
-        else:
-            self.out["errors"].append("scale: skipped (time bound)")
+                self.out["errors"].append(f"{name}: {type(e).__name__}: {e}")
+            self.log(f"  control plane: {name} done in {time.monotonic() - t:.1f} s")
         self.out["seconds"] = round(time.monotonic() - t0, 1)
         return self.out
 
@@ -581,6 +607,42 @@ class ControlPlane:
         m.api.delete(wid)
         self.out["gateway"] = out
 
+    def gateway_throughput(self, m: Master) -> None:
+        """One long iperf3 transfer through the gateway vs the entry port,
+        alternating, to the same instance: the master copies no payload, so
+        the two should match."""
+        cfg = self.cfg
+        out: dict = {"errors": [], "seconds": cfg.gw_tput_seconds}
+        inst = m.api.create(single_end_url(self.ports.take(), self.backends.iperf_port))
+        iid = inst["id"]
+        try:
+            v = m.api.wait_state(iid, {"ready"}, timeout=15)
+            entry = (v or {}).get("worker", {}).get("entry")
+            if not entry:
+                raise RuntimeError(f"no worker.entry ({v and v.get('worker')})")
+            host, eport = entry.rsplit(":", 1)
+            procs.check_loopback(host)
+            m.api.call("PUT", "/clients/127.0.0.1", {"instance": iid})
+            paths = {"gateway": m.gateway, "entry": int(eport)}
+            gbps: dict[str, list[float]] = {p: [] for p in paths}
+            for r in range(cfg.gw_tput_reps):
+                for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
+                    if time.monotonic() > self.deadline:
+                        break
+                    d, err = dataplane_iperf(paths[name], ["-t", str(cfg.gw_tput_seconds)], cfg.gw_tput_seconds)
+                    if d is None:
+                        out["errors"].append(f"{name}: {err}")
+                        self.backends.restart_iperf()
+                        continue
+                    gbps[name].append(d["end"]["sum_received"]["bits_per_second"] / 1e9)
+            out["gbps"] = {p: [round(x, 2) for x in v] for p, v in gbps.items()}
+            g, e = procs.median(gbps["gateway"]), procs.median(gbps["entry"])
+            out["gateway_gbps"], out["entry_gbps"] = g, e
+            out["ratio"] = round(g / e, 3) if g and e else None
+        finally:
+            m.api.delete(iid)
+            self.out["gateway_tput"] = out
+
     # ------------------------------------------------------------ 4. restart after kill -9
 
     def _start_victims(self, m: Master) -> list[dict]:
@@ -748,6 +810,133 @@ class ControlPlane:
             m.stop(grace=120)
             out["stop_s"] = round(time.monotonic() - t, 1)
         self.out["scale"] = out
+
+
+    # ------------------------------------------------------------ 6. gateway at scale
+
+    def gateway_scale(self) -> None:
+        cfg = self.cfg
+        n, nb = cfg.gw_scale_instances, cfg.gw_scale_bindings
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, max(soft, 8 * n + 1024))
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        out: dict = {"instances": n, "bindings": nb, "errors": []}
+        m = Master(self.drover, self.worker, self.workdir, "master-gwscale", self.ports.take())
+        try:
+            ids = self._create_many(m, [single_end_url(self.ports.take(), self.echo_port, "&idle=1s") for _ in range(n)], out)
+            t0 = time.perf_counter()
+            mine = set(ids)
+            states: dict = {}
+            while time.perf_counter() - t0 < max(120, n * 0.3):
+                states = self._states(m, mine)
+                if states.get("parked", 0) == len(mine):
+                    break
+                time.sleep(0.5)
+            out["all_parked_s"] = round(time.perf_counter() - t0, 1)
+            out["states_before"] = states
+            # Bindings: client c<i> → instance i mod n, written by 4 threads.
+            put_ms: list[float] = []
+            lock = threading.Lock()
+
+            def binder(idx):
+                for i in idx:
+                    st, v, dt_ = m.api.call("PUT", f"/clients/c{i}", {"instance": ids[i % len(ids)]})
+                    with lock:
+                        if st in (200, 201):
+                            put_ms.append(dt_ * 1000)
+                        elif len(out["errors"]) < 20:
+                            out["errors"].append(f"PUT /clients/c{i}: {st} {v}")
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=binder, args=(range(k, nb, 4),)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=900)
+            out["bind_all_s"] = round(time.perf_counter() - t0, 2)
+            out["put_ms"] = _summ(put_ms)
+            out["master_rss_kib"] = m.rss_kib()
+            # Probes: clients bound to distinct (so parked) instances, spread
+            # over the whole client range: c<i> is bound to instance i mod n.
+            k_max = min(cfg.gw_scale_probes, len(ids))
+            per = max(1, nb // len(ids))
+            probes = [k * (len(ids) // k_max) + len(ids) * (k % per) for k in range(k_max)]
+            cold_ms, served, woke = [], 0, set()
+            for i in probes:
+                req = f"GET / HTTP/1.1\r\nHost: bench\r\nX-Client-Id: c{i}\r\n\r\n".encode()
+                t = time.perf_counter()
+                if _echo(m.gateway, req, timeout=15):
+                    cold_ms.append((time.perf_counter() - t) * 1000)
+                    served += 1
+                woke.add(ids[i % len(ids)])
+            states = self._states(m, mine, detail=True)
+            awake = {iid for iid, st in states.items() if st != "parked"}
+            out["probes"] = len(probes)
+            out["served"] = served
+            out["cold_ms"] = _summ(cold_ms)
+            # Reaping may already have parked a probed instance again; an awake
+            # instance no probe was bound to would be a misroute.
+            out["woken_unprobed"] = len(awake - woke)
+            st, page, _ = m.api.call("GET", "/clients?limit=100")
+            out["clients_page_ok"] = st == 200
+            out["master_rss_end_kib"] = m.rss_kib()
+        finally:
+            m.stop(grace=120)
+            self.out["gateway_scale"] = out
+
+    def _create_many(self, m: Master, urls: list[str], out: dict) -> list[str]:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def creator(chunk):
+            for u in chunk:
+                try:
+                    st, v, _ = m.api.call("POST", "/instances", {"url": u})
+                except Exception as e:
+                    st, v = 0, str(e)
+                with lock:
+                    if st == 201:
+                        ids.append(v["id"])
+                    elif len(out["errors"]) < 20:
+                        out["errors"].append(f"POST: {st} {v}")
+
+        threads = [threading.Thread(target=creator, args=(urls[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        return ids
+
+    @staticmethod
+    def _states(m: Master, mine: set[str], detail: bool = False) -> dict:
+        """worker.state counts of `mine` (or, with detail, id → state)."""
+        got: dict = {}
+        for v in m.api.list():
+            if v.get("id") in mine:
+                s = (v.get("worker") or {}).get("state")
+                if detail:
+                    got[v["id"]] = s
+                else:
+                    got[s] = got.get(s, 0) + 1
+        return got
+
+
+def _echo(port: int, payload: bytes, timeout: float) -> bool:
+    """Connect, send `payload`, read it back whole."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                c = s.recv(65536)
+                if not c:
+                    return False
+                got += c
+            return got == payload
+    except OSError:
+        return False
 
 
 def _finish_probe(probe: procs.Proc) -> dict:

@@ -144,6 +144,26 @@ def evaluate(results: dict) -> list[dict]:
     add("gateway cold start p50 ≤ 30 ms", f"p50 {c['p50']:.1f} ms over {c['n']}" if c else "not measured", c["p50"] <= 30 if c else None)
     w = gw.get("warm_overhead_p50_us")
     add("warm gateway handoff adds ≤ 100 µs p50", f"+{w:.0f} µs" if w is not None else "not measured", w <= 100 if w is not None else None)
+    gt = cp.get("gateway_tput") or {}
+    r = gt.get("ratio")
+    add(
+        "gateway throughput (one long transfer) ≥ 95% of the entry port",
+        f"{r:.2f}× ({gt['gateway_gbps']:.1f} vs {gt['entry_gbps']:.1f} Gbit/s)" if r else "not measured",
+        r >= 0.95 if r else None,
+    )
+    gs = cp.get("gateway_scale") or {}
+    if gs.get("probes"):
+        ok = gs["served"] == gs["probes"] and gs["woken_unprobed"] == 0 and not gs["errors"]
+        full_size = gs["instances"] >= 1000 and gs["bindings"] >= 10000
+        parked = (gs.get("states_before") or {}).get("parked", 0)
+        add(
+            "10,000 bindings with 1,000 parked instances served",
+            f"{gs['bindings']:,} bindings, {parked:,}/{gs['instances']:,} parked: {gs['served']}/{gs['probes']} probes served, "
+            f"{gs['woken_unprobed']} misrouted",
+            ok if full_size else None,
+        )
+    else:
+        add("10,000 bindings with 1,000 parked instances served", "not measured", None)
     return T
 
 
@@ -398,6 +418,23 @@ def control_table(results: dict) -> list[str]:
         w = gw.get("warm_overhead_p50_us")
         per = gw.get("warm_overhead_per_rep_us") or []
         row("warm handoff overhead (gateway − entry p50; median of " + str(len(per)) + " runs: " + ", ".join(f"{x:.0f}" for x in per) + "), µs", fmt(w, "us"), "", "≤ 100 µs", (w <= 100) if w is not None else None)
+    gt = cp.get("gateway_tput") or {}
+    if gt:
+        runs = gt.get("gbps") or {}
+        for k, what in (("gateway", "the gateway"), ("entry", "`worker.entry`")):
+            row(f"one {gt.get('seconds')}-s iperf3 transfer via {what} (median of: " + ", ".join(f"{x:.1f}" for x in runs.get(k, [])) + "), Gbit/s", fmt(gt.get(f"{k}_gbps"), "gbps"), len(runs.get(k, [])))
+        r = gt.get("ratio")
+        row("gateway throughput ÷ entry port", f"{r:.2f}×" if r else "–", "", "≥ 0.95×", r >= 0.95 if r else None)
+    gs = cp.get("gateway_scale") or {}
+    if gs:
+        row(f"gateway at scale: {gs.get('instances'):,} `idle=1s` instances all `parked` after creation, s", gs.get("all_parked_s"), (gs.get("states_before") or {}).get("parked"))
+        pm = gs.get("put_ms")
+        row(f"{gs.get('bindings'):,} bindings written (4 clients): total s / PUT p50 ms", f"{gs.get('bind_all_s')} / {_ms(pm)}", pm and pm["n"])
+        c = gs.get("cold_ms")
+        row("probe by `X-Client-Id` → parked instance woken → echo, p50 / max, ms", f"{_ms(c)} / {_ms(c, 'max')}", c and c["n"])
+        row("probes served / instances woken that no probe was bound to", f"{gs.get('served')}/{gs.get('probes')} / {gs.get('woken_unprobed')}", gs.get("probes"), "all / 0", gs.get("served") == gs.get("probes") and gs.get("woken_unprobed") == 0)
+        if gs.get("master_rss_kib"):
+            row("master RSS with the bindings / after the probes, MiB", f"{gs['master_rss_kib'] / 1024:.1f} / {gs.get('master_rss_end_kib', 0) / 1024:.1f}", "")
     lines.append("")
     return lines
 
