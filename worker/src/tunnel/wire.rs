@@ -14,11 +14,14 @@
 //!    after it the link carries one TCP stream or framed UDP datagrams.
 //!
 //! Control frames after the handshake are 9 bytes: type + u64.
+//!
+//! The readers take any tokio stream, not just a socket, so tests and the
+//! fuzz targets (`fuzz/`) feed them bytes from memory.
 
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::auth::{self, NONCE, PROOF, Purpose};
 use super::error::TunnelError;
@@ -122,7 +125,7 @@ impl Header {
     }
 
     /// Reads one header; exact reads only, so nothing after it is consumed.
-    pub async fn read(link: &mut Link) -> io::Result<Self> {
+    pub async fn read(link: &mut (impl AsyncRead + Unpin)) -> io::Result<Self> {
         let mut fixed = [0u8; 6];
         link.read_exact(&mut fixed).await?;
         let kind = match fixed[0] {
@@ -187,7 +190,7 @@ pub struct Offer {
 
 /// Client: sends the preamble and reads the server's offer.
 pub async fn client_preamble(
-    tcp: &mut tokio::net::TcpStream,
+    tcp: &mut (impl AsyncRead + AsyncWrite + Unpin),
     peer: &str,
 ) -> Result<Offer, TunnelError> {
     let mut out = [0u8; 4];
@@ -227,7 +230,10 @@ pub async fn client_preamble(
 }
 
 /// Server: reads the client's preamble and answers with the offer.
-pub async fn server_preamble(tcp: &mut tokio::net::TcpStream, tls: u8) -> io::Result<[u8; NONCE]> {
+pub async fn server_preamble(
+    tcp: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    tls: u8,
+) -> io::Result<[u8; NONCE]> {
     let mut pre = [0u8; 4];
     tcp.read_exact(&mut pre).await?;
     if &pre[..3] != MAGIC {
@@ -332,7 +338,7 @@ pub enum Request {
 }
 
 /// Server: reads the client's request after the (optional) TLS layer.
-pub async fn server_request(link: &mut Link) -> io::Result<Request> {
+pub async fn server_request(link: &mut (impl AsyncRead + Unpin)) -> io::Result<Request> {
     let mut kind = [0u8; 1];
     link.read_exact(&mut kind).await?;
     match kind[0] {
