@@ -263,3 +263,32 @@ async fn killed_worker_is_replaced_and_counters_carry_over() {
     )
     .await;
 }
+
+/// A forward pair through the master (server dials the backend, the
+/// dual-end client opens the entrance once the handshake says "forward")
+/// carries bytes: the client's worker must be allowed to `Bind` its first
+/// target. The soak found every forward tunnel refused that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_pair_opens_its_entrance_at_the_client() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let (tunnel, entrance) = (free_addr(), free_addr());
+    let server = id_of(
+        &api.create_url(&format!("server://fwdkey@{tunnel}/{}?mode=2", echo.addr))
+            .await,
+    );
+    let client = id_of(
+        &api.create_url(&format!("client://fwdkey@{tunnel}/{entrance}?mode=2"))
+            .await,
+    );
+    for id in [&server, &client] {
+        ready_pid(&api, id).await;
+    }
+    drover_e2e::wait_until_async(DEADLINE, "the client's entrance listens", || async {
+        tokio::net::TcpStream::connect(entrance).await.is_ok()
+    })
+    .await;
+    stream_echo_sha256(entrance, random_bytes(FIRST as usize)).await;
+    assert_eq!(echo.received(), FIRST, "bytes at the backend");
+}

@@ -145,23 +145,30 @@ fn bind_one(addr: &HostPort, proto: Transport) -> Result<OwnedFd, BindError> {
 /// what its URL listens on, as [`Listeners::bind_for`] reads it): a server's
 /// tunnel port (TCP) and, unless it runs in forward mode (2), its entrance at
 /// the first target; a client's entrance at its tunnel address unless it runs
-/// dual-end (mode 2). An entrance is TCP unless `notcp`, UDP unless `noudp`.
+/// dual-end (mode 2), and, unless it runs single-end (mode 1), the entrance
+/// at its first target that a dual-end client opens when its server runs
+/// the forward flow (only the handshake tells, so only the worker can ask).
+/// An entrance is TCP unless `notcp`, UDP unless `noudp`.
 ///
 /// Anything else is an address the instance only dials (a forward server's
 /// target, a client's server) or none of its business: a compromised worker
 /// asking for it gets nothing, not even a UDP socket on a TCP-only port.
 pub fn may_bind(spec: &TunnelSpec, addr: &str, proto: Transport) -> bool {
     let p = &spec.params;
-    let entrance = match proto {
+    let transport = match proto {
         Transport::Tcp => !p.notcp,
         Transport::Udp => !p.noudp,
-    } && p.mode != 2;
+    };
+    let entrance = transport && p.mode != 2;
     match spec.role {
         Role::Server => {
             (proto == Transport::Tcp && addr == spec.tunnel.to_string())
                 || (entrance && addr == spec.targets[0].to_string())
         }
-        Role::Client => entrance && addr == spec.tunnel.to_string(),
+        Role::Client => {
+            (entrance && addr == spec.tunnel.to_string())
+                || (transport && p.mode != 1 && addr == spec.targets[0].to_string())
+        }
     }
 }
 
@@ -265,7 +272,9 @@ mod tests {
             ("client://:5/127.0.0.1:6?mode=1", ":5", Udp, true),
             ("client://:5/127.0.0.1:6?mode=1", "127.0.0.1:6", Tcp, false),
             ("client://:5/127.0.0.1:6", ":5", Udp, true),
-            // A dual-end client dials its server: listens nowhere.
+            // A dual-end client dials its server, never listens there; in
+            // the forward flow its entrance is at its first target (the
+            // soak found forward tunnels refused this).
             (
                 "client://127.0.0.1:5/127.0.0.1:6?mode=2",
                 "127.0.0.1:5",
@@ -282,8 +291,27 @@ mod tests {
                 "client://127.0.0.1:5/127.0.0.1:6?mode=2",
                 "127.0.0.1:6",
                 Tcp,
+                true,
+            ),
+            (
+                "client://127.0.0.1:5/127.0.0.1:6?mode=2",
+                "127.0.0.1:6",
+                Udp,
+                true,
+            ),
+            (
+                "client://127.0.0.1:5/127.0.0.1:6?mode=2&notcp=1",
+                "127.0.0.1:6",
+                Tcp,
                 false,
             ),
+            (
+                "client://127.0.0.1:5/127.0.0.1:6,127.0.0.1:7?mode=2",
+                "127.0.0.1:7",
+                Tcp,
+                false,
+            ),
+            ("client://127.0.0.1:5/127.0.0.1:6", "127.0.0.1:6", Tcp, true),
         ];
         for (url, addr, proto, want) in cases {
             let spec: TunnelSpec = url.parse().unwrap();
