@@ -154,6 +154,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits),
         metrics,
         runtime: tokio::runtime::Handle::current(),
+        spares: Default::default(),
     });
     let defaults = UrlDefaults {
         log: Some(cfg.log_text.clone()),
@@ -266,6 +267,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let _ = server_task.await;
     persist.abort();
     sup.stop_all().await;
+    sup.shared().spares.clear();
     store.flush().await.context("final flush")?;
     tracing::info!("stopped");
     Ok(())

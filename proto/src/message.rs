@@ -209,6 +209,12 @@ pub enum ToWorker {
     Bound(Bound),
     /// Answer to `Bind` when binding failed.
     BindError(BindError),
+    /// To a spare worker (`--spare`): become this instance's worker. The
+    /// spare re-executes itself as `--instance <instance>`; `Hello` follows.
+    Become {
+        /// The instance id.
+        instance: String,
+    },
 }
 
 impl Message for ToWorker {
@@ -220,6 +226,7 @@ impl Message for ToWorker {
         "Shutdown",
         "Bound",
         "BindError",
+        "Become",
     ];
 
     fn kind(&self) -> &'static str {
@@ -231,6 +238,7 @@ impl Message for ToWorker {
             ToWorker::Shutdown { .. } => "Shutdown",
             ToWorker::Bound(_) => "Bound",
             ToWorker::BindError(_) => "BindError",
+            ToWorker::Become { .. } => "Become",
         }
     }
 
@@ -241,7 +249,8 @@ impl Message for ToWorker {
             ToWorker::Ping { .. }
             | ToWorker::ResetCounters
             | ToWorker::Shutdown { .. }
-            | ToWorker::BindError(_) => 0,
+            | ToWorker::BindError(_)
+            | ToWorker::Become { .. } => 0,
         }
     }
 

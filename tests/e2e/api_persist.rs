@@ -188,7 +188,7 @@ async fn state_survives_sigterm_exactly() {
     let master = Master::start().await;
     let s = setup(&master).await;
     let before = master.api().list().await;
-    let old_pids = master.children();
+    let old_pids = master.instance_workers();
     assert_eq!(old_pids.len(), 3, "three workers before the stop");
     master.stop().await;
     for pid in &old_pids {
@@ -214,7 +214,7 @@ async fn state_survives_sigkill() {
     s.pair.wait_counters(&api, full, full).await;
     let seen = tokio::time::Instant::now();
     let before = api.list().await;
-    let old_pids = master.children();
+    let old_pids = master.instance_workers();
     assert_eq!(old_pids.len(), 3, "three workers before the kill");
     // The contract is stated in time: counters reach the disk at least every
     // stats interval. Let one interval (and a margin) pass since the API

@@ -45,6 +45,11 @@ fn main() -> ExitCode {
         .position(|a| a == "--control-fd")
         .and_then(|i| args.get(i + 1))
         .and_then(|fd| fd.parse::<i32>().ok());
+    if args.iter().any(|a| a == "--spare") {
+        // A spare: the real worker waits for `Become`, then re-executes
+        // argv[0] (us) as `--instance <id>`, and we see that one's Hello.
+        exec_real_worker_as(&args, &args[0]);
+    }
     let Some(control_fd) = control_fd else {
         // Not started by a master: behave as the real worker would.
         exec_real_worker(&args);
@@ -75,9 +80,15 @@ fn main() -> ExitCode {
 /// Replaces this process with the real worker, same argv.
 fn exec_real_worker(args: &[String]) -> ! {
     let exe = std::env::current_exe().expect("own path");
+    exec_real_worker_as(args, exe.with_file_name("drover-worker"))
+}
+
+/// [`exec_real_worker`] with `arg0` as the new image's argv[0].
+fn exec_real_worker_as(args: &[String], arg0: impl AsRef<std::ffi::OsStr>) -> ! {
+    let exe = std::env::current_exe().expect("own path");
     let real: PathBuf = exe.with_file_name("drover-worker");
     let err = std::process::Command::new(&real)
-        .arg0(&real)
+        .arg0(arg0)
         .args(&args[1..])
         .exec();
     eprintln!("drover-evil-worker: exec {}: {err}", real.display());

@@ -395,6 +395,17 @@ impl Master {
         children(self.pid)
     }
 
+    /// The master's instance workers: its children but the spares
+    /// (`drover-worker --spare`, kept ready per tenant).
+    pub fn instance_workers(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| {
+                !crate::procs::proc_cmdline(*p).is_some_and(|a| a.iter().any(|x| x == "--spare"))
+            })
+            .collect()
+    }
+
     /// The whole log, for failure messages.
     pub fn dump(&self) -> String {
         let log = self.log.lock().expect("log");

@@ -5,6 +5,7 @@
 //! the command line, [`supervised`] under the master (`--instance`).
 
 pub mod logging;
+pub mod spare;
 pub mod standalone;
 pub mod stats;
 pub mod supervised;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: drover-worker \"server://[KEY@]HOST:PORT/TARGET?params\" | \"client://…\" \
-                     | --instance <id> [--control-fd 3] | --version";
+                     | --instance <id> [--control-fd 3] | --spare [--control-fd 3] | --version";
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -20,6 +20,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         ["--instance", id] => drover_worker::supervised::run(id.to_string(), 3),
+        ["--spare"] => drover_worker::spare::run(3),
+        ["--spare", "--control-fd", fd] => match fd.parse() {
+            Ok(fd) if fd > 2 => drover_worker::spare::run(fd),
+            _ => usage(),
+        },
         ["--instance", id, "--control-fd", fd] => match fd.parse() {
             Ok(fd) if fd > 2 => drover_worker::supervised::run(id.to_string(), fd),
             _ => usage(),

@@ -158,7 +158,9 @@ async fn supervised(instance: String, fd: OwnedFd) -> ExitCode {
                             tracing::warn!(client = %a.client, "handed a connection, but this instance has no entrance; closed");
                         }
                     }
-                    ToWorker::Hello(_) => return fatal(&sender, 2, "second Hello".into()).await,
+                    ToWorker::Hello(_) | ToWorker::Become { .. } => {
+                        return fatal(&sender, 2, format!("unexpected {}", kind(&msg))).await;
+                    }
                 },
                 // The master is gone: its copies of our listeners are closed; go now.
                 Ok(None) => std::process::exit(0),

@@ -378,11 +378,6 @@ impl Task {
             .map_or(self.shared.stats_interval, |half| {
                 half.min(self.shared.stats_interval)
             });
-        let confine = self
-            .shared
-            .isolation
-            .confine(&self.shared.store, &tenant, &self.inst.id)
-            .await?;
         let inst = self.inst.clone();
         let hub = self.shared.hub.clone();
         let on_stderr = move |line: String| {
@@ -408,9 +403,31 @@ impl Task {
                 grace_ms: self.shared.grace.as_millis() as u64,
                 idle_ms: None,
             },
-            confine,
+            confine: None,
         };
-        let worker = spawn::spawn(&self.shared.worker_bin, launch, listeners, on_stderr).await?;
+        let worker = match self.shared.spares.take(&tenant) {
+            Some(spare) => {
+                let leaf = spare.leaf.clone();
+                let worker = spawn::adopt_spare(spare, launch, listeners, on_stderr).await?;
+                self.shared
+                    .isolation
+                    .rename_leaf(&tenant, &leaf, &self.inst.id);
+                worker
+            }
+            None => {
+                let launch = Launch {
+                    confine: self
+                        .shared
+                        .isolation
+                        .confine(&self.shared.store, &tenant, &self.inst.id)
+                        .await?,
+                    ..launch
+                };
+                spawn::spawn(&self.shared.worker_bin, launch, listeners, on_stderr).await?
+            }
+        };
+        // The next start in this tenant takes a spare started now, off its path.
+        self.shared.spares.refill(&self.shared, &tenant);
         self.set(|s| {
             s.pid = Some(worker.pid);
             s.live = Stats::default();

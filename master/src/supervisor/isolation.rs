@@ -177,6 +177,26 @@ impl Isolation {
         }))
     }
 
+    /// Renames a tenant's cgroup leaf (a spare's, when it becomes `to`'s
+    /// worker); a stale `to` leaf of an earlier worker is removed first.
+    /// Best effort: on failure the worker keeps its leaf, limits unchanged.
+    pub fn rename_leaf(&self, tenant: &str, from: &str, to: &str) {
+        let tenant_dirs = match &self.cgroups {
+            Some(Cgroups::V2(base)) => vec![base.join("tenants").join(tenant)],
+            Some(Cgroups::V1 { memory, pids }) => vec![
+                memory.join(format!("drover-{tenant}")),
+                pids.join(format!("drover-{tenant}")),
+            ],
+            None => return,
+        };
+        for dir in tenant_dirs {
+            let _ = fs::remove_dir(dir.join(to));
+            if let Err(e) = fs::rename(dir.join(from), dir.join(to)) {
+                tracing::debug!(tenant, from, to, cause = %e, "cgroup leaf kept its spare name");
+            }
+        }
+    }
+
     /// Creates `tenant/instance` cgroups with the tenant's limits; returns the
     /// `cgroup.procs` files to join.
     fn cgroup_files(

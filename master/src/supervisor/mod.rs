@@ -11,6 +11,7 @@ pub mod instance;
 pub mod isolation;
 pub mod listeners;
 mod log_budget;
+pub mod spares;
 pub mod spawn;
 pub mod state;
 
@@ -43,6 +44,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The master's main runtime: instance tasks live here.
     pub runtime: tokio::runtime::Handle,
+    /// Spare workers, one per recently active tenant.
+    pub spares: spares::Spares,
 }
 
 /// An operation the API asked for that cannot be done.

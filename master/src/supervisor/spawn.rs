@@ -94,15 +94,80 @@ pub struct Launch<'a> {
 /// Spawns a worker and sends it `Hello`. stderr lines (panics) go to `on_stderr`.
 pub async fn spawn(
     bin: &Path,
+    mut launch: Launch<'_>,
+    listeners: &Listeners,
+    on_stderr: impl Fn(String) + Send + Sync + 'static,
+) -> Result<Worker, String> {
+    let confine = launch.confine.take();
+    let (child, pid, channel) = start(bin, &["--instance", launch.id], confine)?;
+    let worker = Worker {
+        child,
+        pid,
+        channel,
+        deaf: Arc::default(),
+    };
+    hello(worker, launch, listeners, on_stderr).await
+}
+
+/// A confined worker process waiting for `Become` (see `spares`).
+pub struct Spare {
+    pub child: Child,
+    pub pid: u32,
+    pub channel: MasterChannel,
+    /// Its cgroup leaf name, renamed to the instance id when taken.
+    pub leaf: String,
+}
+
+/// Starts a spare worker (`--spare`), confined by `confine` (its cgroup
+/// leaf named `leaf`).
+pub fn start_spare(
+    bin: &Path,
+    confine: Option<Confinement>,
+    leaf: String,
+) -> Result<Spare, String> {
+    let (child, pid, channel) = start(bin, &["--spare"], confine)?;
+    Ok(Spare {
+        child,
+        pid,
+        channel,
+        leaf,
+    })
+}
+
+/// Turns a spare into `launch.id`'s worker: `Become`, then `Hello` (the
+/// spare re-executes itself in between; the socket keeps both frames).
+pub async fn adopt_spare(
+    spare: Spare,
     launch: Launch<'_>,
     listeners: &Listeners,
-    on_stderr: impl Fn(String) + Send + 'static,
+    on_stderr: impl Fn(String) + Send + Sync + 'static,
 ) -> Result<Worker, String> {
+    let worker = Worker {
+        child: spare.child,
+        pid: spare.pid,
+        channel: spare.channel,
+        deaf: Arc::default(),
+    };
+    let become_ = ToWorker::Become {
+        instance: launch.id.to_string(),
+    };
+    if let Err(e) = worker.channel.send(&become_, &[]).await {
+        worker.signal_group(Signal::SIGKILL);
+        return Err(format!("sending Become: {e}"));
+    }
+    hello(worker, launch, listeners, on_stderr).await
+}
+
+/// Forks and execs `bin args… --control-fd 3` under `confine`.
+fn start(
+    bin: &Path,
+    args: &[&str],
+    confine: Option<Confinement>,
+) -> Result<(Child, u32, MasterChannel), String> {
     let (master_end, worker_end) = proto::socketpair().map_err(|e| format!("socketpair: {e}"))?;
     let child_fd = worker_end.as_raw_fd();
     // Everything the child needs is prepared here: between fork and exec only
     // async-signal-safe calls are allowed (no allocation).
-    let confine = launch.confine;
     let cred = confine.as_ref().map(|c| (c.uid, c.gid));
     let workdir = confine
         .as_ref()
@@ -111,8 +176,7 @@ pub async fn spawn(
         c.cgroups.iter().map(|f| f.as_raw_fd()).collect()
     });
     let mut cmd = Command::new(bin);
-    cmd.arg("--instance")
-        .arg(launch.id)
+    cmd.args(args)
         .arg("--control-fd")
         .arg("3")
         .env_clear()
@@ -183,17 +247,27 @@ pub async fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     drop(worker_end);
     drop(confine);
     let pid = child.id().ok_or("worker exited at once")?;
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(read_stderr(stderr, on_stderr));
-    }
     let channel =
         MasterChannel::from_std(master_end).map_err(|e| format!("control channel: {e}"))?;
+    Ok((child, pid, channel))
+}
+
+/// Starts reading the worker's stderr and sends it `Hello`.
+async fn hello(
+    mut worker: Worker,
+    launch: Launch<'_>,
+    listeners: &Listeners,
+    on_stderr: impl Fn(String) + Send + Sync + 'static,
+) -> Result<Worker, String> {
+    if let Some(stderr) = worker.child.stderr.take() {
+        tokio::spawn(read_stderr(stderr, on_stderr));
+    }
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         instance: launch.id.to_string(),
@@ -202,12 +276,6 @@ pub async fn spawn(
         tls: launch.tls,
         listeners: listeners.infos(),
         settings: launch.settings,
-    };
-    let worker = Worker {
-        child,
-        pid,
-        channel,
-        deaf: Arc::default(),
     };
     if let Err(e) = worker
         .channel
