@@ -321,71 +321,77 @@ class Soak:
         period = 1.0 / self.args.api_rate
         while not self.stop.is_set():
             time.sleep(period)
-            with self.lock:
-                ids = [i for i in self.expected.inst if True in self.expected.inst[i]["exists"]]
-                singles = [i for i in self.singles if i in ids]
-            if not ids:
-                continue
-            iid = rng.choice(ids)
-            op = rng.choices(["alias", "tags", "restart", "action", "put", "recreate", "info"], [30, 15, 10, 25, 8, 7, 5])[0]
-            if op in ("put", "recreate") and not singles:
-                op = "alias"
-            if op == "alias":
-                body = {"alias": f"a-{rng.randrange(1 << 30):x}"}
-            elif op == "tags":
-                body = {"meta": {"tags": {f"k{j}": f"{rng.randrange(1 << 20)}" for j in range(rng.randrange(0, 6))}}}
-            elif op == "restart":
-                body = {"restart": rng.random() < 0.8}
-            elif op == "action":
-                body = {"action": rng.choice(["stop", "start", "restart", "reset", "start"])}
-            if op in ("alias", "tags", "restart", "action"):
-                if body.get("action") == "reset":
-                    with self.lock:
-                        self.resets[iid] = self.resets.get(iid, 0) + 1
-                st, v = self.call("PATCH", f"/instances/{iid}", body)
-                self.count(st)
-                if st == 200:
-                    self.expected.acked(v)
-                elif st == 0:
-                    unsure = {k: val for k, val in (("alias", body.get("alias")), ("restart", body.get("restart"))) if val is not None}
-                    if "meta" in body:
-                        unsure["tags"] = json.dumps(body["meta"]["tags"], sort_keys=True)
-                    self.expected.unsure(iid, unsure)
-            elif op == "put":
-                iid = rng.choice(singles)
-                port = self.ports.take()
-                url = self.single_url(port)
-                st, v = self.call("PUT", f"/instances/{iid}", {"url": url})
-                self.count(st)
-                if st == 200:
-                    self.expected.acked(v)
-                    with self.lock:
-                        self.entries[iid] = port
-                elif st == 0:
-                    with self.lock:
-                        self.entries.pop(iid, None)
-                    self.expected.unsure(iid, {"url": url})
-            elif op == "recreate":
-                iid = rng.choice(singles)
+            # Not while the master is killed, restarted and checked: a change
+            # answered meanwhile would race the check.
+            with self.phase_lock:
+                self.api_change(rng)
+
+    def api_change(self, rng: random.Random) -> None:
+        with self.lock:
+            ids = [i for i in self.expected.inst if True in self.expected.inst[i]["exists"]]
+            singles = [i for i in self.singles if i in ids]
+        if not ids:
+            return
+        iid = rng.choice(ids)
+        op = rng.choices(["alias", "tags", "restart", "action", "put", "recreate", "info"], [30, 15, 10, 25, 8, 7, 5])[0]
+        if op in ("put", "recreate") and not singles:
+            op = "alias"
+        if op == "alias":
+            body = {"alias": f"a-{rng.randrange(1 << 30):x}"}
+        elif op == "tags":
+            body = {"meta": {"tags": {f"k{j}": f"{rng.randrange(1 << 20)}" for j in range(rng.randrange(0, 6))}}}
+        elif op == "restart":
+            body = {"restart": rng.random() < 0.8}
+        elif op == "action":
+            body = {"action": rng.choice(["stop", "start", "restart", "reset", "start"])}
+        if op in ("alias", "tags", "restart", "action"):
+            if body.get("action") == "reset":
+                with self.lock:
+                    self.resets[iid] = self.resets.get(iid, 0) + 1
+            st, v = self.call("PATCH", f"/instances/{iid}", body)
+            self.count(st)
+            if st == 200:
+                self.expected.acked(v)
+            elif st == 0:
+                unsure = {k: val for k, val in (("alias", body.get("alias")), ("restart", body.get("restart"))) if val is not None}
+                if "meta" in body:
+                    unsure["tags"] = json.dumps(body["meta"]["tags"], sort_keys=True)
+                self.expected.unsure(iid, unsure)
+        elif op == "put":
+            iid = rng.choice(singles)
+            port = self.ports.take()
+            url = self.single_url(port)
+            st, v = self.call("PUT", f"/instances/{iid}", {"url": url})
+            self.count(st)
+            if st == 200:
+                self.expected.acked(v)
+                with self.lock:
+                    self.entries[iid] = port
+            elif st == 0:
                 with self.lock:
                     self.entries.pop(iid, None)
-                    self.singles.discard(iid)
-                st, v = self.call("DELETE", f"/instances/{iid}")
-                self.count(st)
-                if st == 204:
-                    self.expected.deleted(iid, True)
-                elif st == 0:
-                    self.expected.deleted(iid, False)
-                p = self.ports.take()
-                self.create(self.single_url(p), p, True)
-            elif op == "info":
-                alias = f"m-{rng.randrange(1 << 30):x}"
-                st, v = self.call("POST", "/info", {"alias": alias})
-                self.count(st)
-                if st == 200:
-                    self.expected.master_alias = {alias}
-                elif st == 0:
-                    self.expected.master_alias.add(alias)
+                self.expected.unsure(iid, {"url": url})
+        elif op == "recreate":
+            iid = rng.choice(singles)
+            with self.lock:
+                self.entries.pop(iid, None)
+                self.singles.discard(iid)
+            st, v = self.call("DELETE", f"/instances/{iid}")
+            self.count(st)
+            if st == 204:
+                self.expected.deleted(iid, True)
+            elif st == 0:
+                self.expected.deleted(iid, False)
+            p = self.ports.take()
+            self.create(self.single_url(p), p, True)
+        elif op == "info":
+            alias = f"m-{rng.randrange(1 << 30):x}"
+            st, v = self.call("POST", "/info", {"alias": alias})
+            self.count(st)
+            if st == 200:
+                self.expected.master_alias = {alias}
+            elif st == 0:
+                self.expected.master_alias.add(alias)
 
     def worker_killer(self) -> None:
         while not self.stop.wait(self.args.worker_kill_every):
@@ -417,6 +423,8 @@ class Soak:
             "leaked": len(leaked),
             "instances": len(views) - 1 if st == 200 else None,
             "running": sum(1 for v in views if (v.get("worker") or {}).get("state") == "ready") if st == 200 else None,
+            "log_lines": self.log_lines(views) if st == 200 else None,
+            "store_mb": round(sum(f.stat().st_size for f in self.data.rglob("*") if f.is_file()) / 1e6, 1),
         }
         self.samples.append(row)
         if leaked:
@@ -440,6 +448,16 @@ class Soak:
                     self.violations.append(f"t={row['t']}s {iid}: counters went back ({where}) " + ", ".join(f"{c} {prev[c]}->{now[c]}" for c in back))
             self.counters[iid] = now
         self.across_kill = False
+
+    def log_lines(self, views: list[dict]) -> tuple[int, int]:
+        """Worker log lines the master holds (its per-instance rings), and their bytes."""
+        lines = size = 0
+        for v in views[1:]:
+            st, got = self.master.api.call("GET", f"/instances/{v['id']}/logs?tail=1000")
+            if st == 200:
+                lines += len(got["logs"])
+                size += sum(len(l) for l in got["logs"])
+        return lines, size
 
     def sampler(self) -> None:
         while not self.stop.wait(10):
@@ -588,9 +606,10 @@ class Soak:
         print(f"acknowledged changes lost: {result['lost_acknowledged']}; tunnels echoing at the end: {echoed - failed}/{echoed}")
         print(f"counters that went back: {self.backwards['within_run']} within a master run, {self.backwards['across_master_kill']} across a master kill -9")
         print()
-        print(f"{'t (s)':>6} {'run':>3} {'phase':<10} {'RSS MiB':>8} {'fds':>5} {'workers':>7} {'leaked':>6} {'ready':>5}")
+        print(f"{'t (s)':>6} {'run':>3} {'phase':<10} {'RSS MiB':>8} {'fds':>5} {'workers':>7} {'leaked':>6} {'ready':>5} {'log lines':>9} {'log MB':>6} {'store MB':>8}")
         for r in self.samples:
-            print(f"{r['t']:>6} {r['incarnation']:>3} {r['phase']:<10} {r['rss_kib'] / 1024:>8.1f} {r['fds']:>5} {r['workers']:>7} {r['leaked']:>6} {r['running'] if r['running'] is not None else '-':>5}")
+            ll, lb = r.get("log_lines") or (0, 0)
+            print(f"{r['t']:>6} {r['incarnation']:>3} {r['phase']:<10} {r['rss_kib'] / 1024:>8.1f} {r['fds']:>5} {r['workers']:>7} {r['leaked']:>6} {r['running'] if r['running'] is not None else '-':>5} {ll:>9} {lb / 1e6:>6.1f} {r.get('store_mb', 0):>8.1f}")
         print()
         for r in rss_rows:
             print(f"master run {r['incarnation']}: warm-up RSS {r['warm_kib'] / 1024:.1f} MiB at t={r['warm_t']}s, end {r['end_kib'] / 1024:.1f} MiB at t={r['end_t']}s: {r['growth'] * 100:+.1f} %; fds {r['warm_fds']} -> {r['end_fds']}")
