@@ -26,7 +26,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -121,7 +120,7 @@ def inside(args) -> int:
         args.idle = max(0, nofile - 1024)
     budget = int(args.minutes * 60)
     procs.LIMIT_S = budget + 1800
-    data = Path(tempfile.mkdtemp(prefix="drover-api-fuzz-"))
+    data = out / "data"
     m = Master.start(drover, worker, out, data, "master")
     log(f"master pid {m.pid} on 127.0.0.1:{m.port}{m.prefix}, data {data}")
     start = {"rss_kib": m.rss_kib(), "fds": m.fds()}

@@ -33,7 +33,6 @@ import random
 import selectors
 import signal
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -189,7 +188,7 @@ class Soak:
         self.drover, self.worker = binaries(ROOT, "debug" if args.debug else "release")
         self.out = Path(args.out) if args.out else ROOT / "target" / "robustness" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.data = Path(tempfile.mkdtemp(prefix="drover-soak-"))
+        self.data = self.out / "data"
         self.ports = procs.Ports()
         self.api_port = self.ports.take()
         self.echo = [EchoServer() for _ in range(4)]
