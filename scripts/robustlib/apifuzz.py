@@ -7,7 +7,7 @@ master, then targeted attacks; the master must hold.
    creates instances from the document's examples and its own strings, some
    of which bind all interfaces or dial out (`/tcping`); in the namespace
    only loopback exists.
-2. Inside: start the master (release binaries) with a temporary data dir,
+2. Inside: start the master (release binaries) with a fresh data dir,
    read its key, run `schemathesis run {prefix}/openapi.json --checks all`
    for the time budget with the hooks in st_hooks.py (follow API-key
    regeneration) and schemathesis.toml (the one documented exception).
