@@ -703,6 +703,24 @@ fn restrict_tree(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens `dir` again after the `Store` there was dropped (tests only).
+///
+/// sled's IO pool threads let go of the files a moment after a flush has
+/// answered, so the lock can outlive the drop briefly (seen under CI load);
+/// a master never reopens its own store, it exits.
+#[cfg(test)]
+fn reopen_after_drop(dir: &Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::open(dir) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            res => return res.expect("reopen store"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

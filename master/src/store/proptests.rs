@@ -265,7 +265,7 @@ proptest! {
             .expect("raw insert");
         rt.block_on(store.flush()).expect("flush");
         drop(store);
-        let store = Store::open(&dir).expect("reopen");
+        let store = reopen_after_drop(&dir);
         let (loaded, problems) = store.instances();
         prop_assert_eq!(loaded, by_id.into_values().collect::<Vec<_>>());
         prop_assert_eq!(problems.len(), 1);

@@ -46,7 +46,7 @@ fn open() -> (tempfile::TempDir, Store) {
 
 fn reopen(tmp: &tempfile::TempDir, store: Store) -> Store {
     drop(store);
-    Store::open(&tmp.path().join("data")).expect("reopen store")
+    reopen_after_drop(&tmp.path().join("data"))
 }
 
 /// Every record type reads back as written.
