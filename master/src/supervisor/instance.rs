@@ -558,30 +558,34 @@ impl Task {
                     self.publish();
                 }
             }
-            ToMaster::Log(l) => {
-                // A flooding (or compromised) worker must not drown the master or SSE.
-                match self.log_budget.take() {
-                    LogVerdict::Pass(dropped) => {
-                        if dropped > 0 {
-                            self.log_line(format!(
-                                "({dropped} log lines dropped: the worker logged too fast)"
-                            ));
-                        }
-                        self.log_line(clip(l.line));
-                    }
-                    LogVerdict::Drop => {}
-                }
-            }
+            ToMaster::Log(l) => self.on_log(l.line),
             ToMaster::Pong { .. } => *last_pong = Instant::now(),
             ToMaster::Bind(b) => self.on_bind(w, b.addr, b.proto).await,
-            ToMaster::Fatal { message } => {
-                let message = clip(message);
-                tracing::error!(instance = %self.inst.id, message, "worker reported a fatal error");
-                self.log_line(format!("fatal: {message}"));
-                return Some(message);
-            }
+            ToMaster::Fatal { message } => return Some(self.on_fatal(message)),
         }
         None
+    }
+
+    fn on_log(&mut self, line: String) {
+        // A flooding (or compromised) worker must not drown the master or SSE.
+        match self.log_budget.take() {
+            LogVerdict::Pass(dropped) => {
+                if dropped > 0 {
+                    self.log_line(format!(
+                        "({dropped} log lines dropped: the worker logged too fast)"
+                    ));
+                }
+                self.log_line(clip(line));
+            }
+            LogVerdict::Drop => {}
+        }
+    }
+
+    fn on_fatal(&mut self, message: String) -> String {
+        let message = clip(message);
+        tracing::error!(instance = %self.inst.id, message, "worker reported a fatal error");
+        self.log_line(format!("fatal: {message}"));
+        message
     }
 
     /// Binds what the worker asks for, if its URL allows it.
@@ -699,13 +703,22 @@ impl Task {
         }
     }
 
-    /// The worker is gone: reads the frames it wrote before it went, so an
-    /// `Adopted` it sent counts. Its end is closed, so this does not wait.
+    /// The worker is gone: reads the frames it wrote before it went, so its
+    /// last counters, log lines and `Adopted` answers count. Its end is
+    /// closed, so this does not wait.
     async fn read_last_answers(&mut self, w: &mut Worker) {
         let read = async {
             while let Ok(Some((msg, _))) = w.channel.recv().await {
-                if let ToMaster::Adopted { seq } = msg {
-                    self.inst.lock().in_flight.ack(seq);
+                match msg {
+                    ToMaster::Adopted { seq } => {
+                        self.inst.lock().in_flight.ack(seq);
+                    }
+                    ToMaster::Stats(st) => self.inst.lock().live = st,
+                    ToMaster::Log(l) => self.on_log(l.line),
+                    ToMaster::Fatal { message } => {
+                        self.on_fatal(message);
+                    }
+                    ToMaster::Ready(_) | ToMaster::Pong { .. } | ToMaster::Bind(_) => {}
                 }
             }
         };
@@ -725,7 +738,11 @@ impl Task {
             let mut s = self.inst.lock();
             s.pid = None;
             s.control = None;
-            self.carried.extend(s.in_flight.take_unanswered());
+            let (fresh, begun) = s.in_flight.take_unanswered();
+            if begun > 0 {
+                tracing::warn!(instance = %self.inst.id, count = begun, "gateway connections the worker had begun to serve closed with it");
+            }
+            self.carried.extend(fresh);
             s.fold_counters();
             s.totals()
         };
