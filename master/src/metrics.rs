@@ -44,11 +44,11 @@ const SPAWN_BUCKETS: [f64; 13] = [
 const FLUSH_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
-/// Gateway accept → socket adopted: sub-millisecond to a running worker, up
-/// to a spawn (seconds) when the instance had to be woken.
-const HANDOFF_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+/// Gateway accept → socket sent to the worker: tens of µs to a running
+/// worker, up to a spawn (seconds) when the instance had to be woken.
+const HANDOFF_BUCKETS: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// A gauge holding the views' `u64`s without casts.
@@ -214,7 +214,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "drover_handoff",
-            "Latency from a gateway accept to the worker adopting the socket",
+            "Latency from a gateway accept to its socket being sent to the worker",
             Unit::Seconds,
             m.handoff.clone(),
         );
@@ -292,7 +292,7 @@ impl Metrics {
         self.reaps.inc();
     }
 
-    /// A gateway handoff (accept → adopted by the worker) took `d`.
+    /// A gateway handoff (accept → socket sent to the worker) took `d`.
     pub fn observe_handoff(&self, d: Duration) {
         self.handoff.observe(d.as_secs_f64());
     }

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::gateway::Gateway;
 use crate::gateway::bindings::Bindings;
+use crate::gateway::{self, Gateway};
 use crate::metrics::Metrics;
 use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
 use crate::sse::Hub;
@@ -176,8 +176,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         let sa = gateway_addr(addr).with_context(|| format!("gateway address {addr:?}"))?;
         let std = proto::listen::bind_tcp(sa)
             .with_context(|| format!("binding the gateway on {addr}"))?;
-        let listener = tokio::net::TcpListener::from_std(std).context("gateway listener")?;
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
+        let local = std.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let listener = gateway::Listener::new(std).context("gateway listener")?;
+        tracing::info!(addr = %local, "gateway listening");
         tokio::spawn(gateway.clone().run(listener, gateway_stop.clone()));
     }
     let state = web::Data::new(AppState {

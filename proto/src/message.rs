@@ -13,9 +13,9 @@
 //! 3. worker → `Bind` for a listener it discovered it needs; master →
 //!    `Bound` plus the fd, or `BindError`;
 //! 4. master → `Adopt` plus an accepted socket (gateway handoff); worker →
-//!    `Adopted` with its `seq` before it touches the socket, so the master
-//!    knows which handoffs a worker that dies took unread (those go to the
-//!    next worker);
+//!    `Adopted` with its `seq` once the session is under way, so the master
+//!    can drop the copy it keeps (a handoff a dead worker left unanswered
+//!    goes to the next worker if nothing was read from or written to it);
 //! 5. master → `Shutdown`; worker drains and exits, or → `Fatal` and exits.
 //!
 //! Decoding ([`from_json`]) tells garbage ([`ProtoError::NotJson`]) from JSON
@@ -336,7 +336,7 @@ pub enum ToMaster {
     Stats(Stats),
     /// A log line.
     Log(Log),
-    /// Took the socket of the `Adopt` with this `seq` (sent before using it).
+    /// Took the socket of the `Adopt` with this `seq`.
     Adopted {
         /// The `Adopt`'s `seq`.
         seq: u64,

@@ -640,8 +640,8 @@ async fn connection_right_after_a_worker_death_waits_for_the_restart() {
 
 /// A connection handed to a worker that dies before reading it is served by
 /// the next worker: the master keeps a copy until the worker answers
-/// `Adopted`. The worker is frozen (SIGSTOP) so the handoff sits unread in
-/// its control socket when it is killed.
+/// `Adopted`, and nothing was read from it. The worker is frozen (SIGSTOP) so
+/// the handoff sits unread in its control socket when it is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_the_dead_worker_never_read_goes_to_the_next() {
     let master = Master::start_url(&gateway_url("")).await;

@@ -167,6 +167,47 @@ fn http_identity(buf: &[u8]) -> Http {
     }
 }
 
+/// The identity, when the bytes already received decide it: one
+/// non-blocking `MSG_PEEK`, no wait. `None`: wait with [`identify_waiting`].
+///
+/// Most clients have sent their first bytes by the time the gateway accepts
+/// them; a runtime-driven peek would first wait for the runtime to learn
+/// that the new socket is readable (one more wake-up per connection).
+pub fn identify_now(stream: &std::net::TcpStream, peer: SocketAddr) -> Option<Identity> {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; PEEK_MAX];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    let n = match recv(stream.as_raw_fd(), &mut buf, flags) {
+        Ok(n) => n,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return None,
+        // Closed or broken: nothing more will come; the handoff sorts it out.
+        Err(_) => 0,
+    };
+    if n == 0 {
+        return Some(Identity::Peer(peer.ip()));
+    }
+    match parse(&buf[..n]) {
+        Parse::Done(id) => Some(id.unwrap_or(Identity::Peer(peer.ip()))),
+        Parse::NeedMore { best } if n >= PEEK_MAX => {
+            Some(best.unwrap_or(Identity::Peer(peer.ip())))
+        }
+        Parse::NeedMore { .. } => None,
+    }
+}
+
+/// [`identify`] for a plain accepted socket: registers it with the runtime
+/// for the wait and gives it back unregistered, for the handoff.
+pub async fn identify_waiting(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<(Identity, std::net::TcpStream)> {
+    stream.set_nonblocking(true)?;
+    let stream = TcpStream::from_std(stream)?;
+    let who = identify(&stream, peer).await;
+    Ok((who, stream.into_std()?))
+}
+
 /// Peeks at `stream` until the identity is decided, the peek bound is hit,
 /// or [`PEEK_DEADLINE`] passes; never consumes a byte.
 pub async fn identify(stream: &TcpStream, peer: SocketAddr) -> Identity {
@@ -284,5 +325,58 @@ mod tests {
             v1.extend_from_slice(&buf);
             let _ = parse(&v1);
         }
+    }
+
+    /// Without waiting: decided bytes give the identity, undecided or no
+    /// bytes give `None` (wait), a closed client gives its peer IP; nothing
+    /// is consumed.
+    #[test]
+    fn identify_now_decides_only_from_what_is_there() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let connect = || {
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, peer) = l.accept().unwrap();
+            (c, s, peer)
+        };
+        // Waits (bounded) until `n` bytes can be peeked, or EOF for 0.
+        let arrived = |s: &std::net::TcpStream, n: usize| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 64];
+            for _ in 0..10_000 {
+                let got = s.peek(&mut buf).unwrap();
+                if got == n || (n > 0 && got > n) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("{n} bytes never arrived");
+        };
+
+        let (mut c, s, peer) = connect();
+        assert_eq!(identify_now(&s, peer), None, "no bytes yet");
+        c.write_all(b"GET / HTTP/1.1\r\nX-Client-Id: bob\r\n")
+            .unwrap();
+        arrived(&s, 34);
+        assert_eq!(identify_now(&s, peer), None, "headers not finished");
+        c.write_all(b"\r\n").unwrap();
+        arrived(&s, 36);
+        assert_eq!(
+            identify_now(&s, peer),
+            Some(Identity::ClientId("bob".into()))
+        );
+        let mut first = [0u8; 3];
+        (&s).read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"GET", "the peek consumed nothing");
+
+        let (mut c, s, peer) = connect();
+        c.write_all(b"\x16\x03\x01 a TLS hello").unwrap();
+        arrived(&s, 15);
+        assert_eq!(identify_now(&s, peer), Some(Identity::Peer(peer.ip())));
+
+        let (c, s, peer) = connect();
+        drop(c);
+        arrived(&s, 0);
+        assert_eq!(identify_now(&s, peer), Some(Identity::Peer(peer.ip())));
     }
 }

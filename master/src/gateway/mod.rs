@@ -4,21 +4,42 @@
 //! `SCM_RIGHTS` — the master copies no payload. A parked instance is woken
 //! first; the client only sees a slower first byte.
 //!
-//! Every connection is its own task with its own deadlines, so a slow or
-//! broken client delays nobody else.
+//! Every connection has its own deadlines and, once it has to wait, its own
+//! task, so a slow or broken client delays nobody else.
 
 pub mod bindings;
 pub mod identify;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use futures_util::FutureExt;
+use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
 use bindings::Bindings;
+
+/// The gateway's listening socket.
+///
+/// Accepted sockets stay plain std sockets: they only pass through the
+/// master, so registering each with the runtime (and deregistering it before
+/// the handoff) would be two wasted syscalls on every connection's path.
+pub struct Listener(AsyncFd<std::net::TcpListener>);
+
+impl Listener {
+    pub fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: the AsyncFd owns the listener, so its fd stays open and
+        // the same for as long as it is registered.
+        let fd = unsafe { AsyncFd::register(listener) }?;
+        Ok(Self(fd))
+    }
+}
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -37,18 +58,27 @@ impl Gateway {
     }
 
     /// Accepts until `stop`; accept errors back off instead of spinning.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, listener: Listener, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let accepted = tokio::select! {
+            let mut ready = tokio::select! {
                 () = stop.cancelled() => return,
-                r = listener.accept() => r,
+                r = listener.0.readable() => match r {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::error!(cause = %e, "gateway listener failed; the gateway stops");
+                        return;
+                    }
+                },
+            };
+            let accepted = match ready.try_io(|l| l.get_ref().accept()) {
+                Ok(r) => r,
+                Err(_would_block) => continue,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    let gw = self.clone();
-                    tokio::spawn(async move { gw.handle(stream, peer).await });
+                    self.dispatch(stream, peer).await;
                 }
                 Err(e) => {
                     tracing::warn!(cause = %e, "gateway accept failed");
@@ -59,10 +89,40 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+    /// Runs the connection's first step right here and spawns it only when
+    /// it has to wait (client bytes not there yet, instance parked, worker
+    /// busy): most handoffs finish without a task hop. Each connection still
+    /// has its own deadlines, so a slow one delays nobody else.
+    async fn dispatch(self: &Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr) {
+        let mut conn = Box::pin(AssertUnwindSafe(self.clone().handle(stream, peer)).catch_unwind());
+        let first = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => {
+                tracing::error!(%peer, "gateway: connection handler panicked; closed")
+            }
+            Poll::Pending => {
+                tokio::spawn(async move {
+                    if conn.await.is_err() {
+                        tracing::error!(%peer, "gateway: connection handler panicked; closed");
+                    }
+                });
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, stream: std::net::TcpStream, peer: SocketAddr) {
         let started = Instant::now();
-        let _ = stream.set_nodelay(true);
-        let who = identify::identify(&stream, peer).await;
+        let (who, stream) = match identify::identify_now(&stream, peer) {
+            Some(who) => (who, stream),
+            None => match identify::identify_waiting(stream, peer).await {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::warn!(%peer, cause = %e, "gateway: cannot wait for the client's first bytes; closed");
+                    return;
+                }
+            },
+        };
         let client = who.key();
         let Some(id) = self
             .bindings
@@ -76,14 +136,7 @@ impl Gateway {
             tracing::warn!(%peer, client, instance = id, "gateway: bound instance does not exist; closed");
             return;
         };
-        let std = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%peer, cause = %e, "gateway: cannot hand over the socket; closed");
-                return;
-            }
-        };
-        match self.sup.handoff(&inst, std, &client).await {
+        match self.sup.handoff(&inst, stream, &client).await {
             Ok(()) => {
                 self.sup.shared().metrics.observe_handoff(started.elapsed());
                 tracing::debug!(%peer, client, via = who.source(), instance = id, "gateway: handed over");

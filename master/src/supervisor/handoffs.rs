@@ -3,9 +3,11 @@
 //! A worker can die with an `Adopt` still unread in its control socket (a
 //! `sendmsg` succeeds until the last of its threads is gone), and the socket
 //! inside that frame dies with it. So the master keeps a duplicate of each
-//! handed connection until the worker answers `Adopted` — which it does
-//! before touching the socket — and gives the unanswered ones to the next
-//! worker. Nothing was read from them, so the client sees only a delay.
+//! handed connection until the worker answers `Adopted`, and gives the
+//! unanswered ones to the next worker — those nothing was read from or
+//! written to yet (see [`untouched`]), so the client sees only a delay. The
+//! worker answers off the connection's path, after the session started, so
+//! one it had begun to serve is closed rather than served twice.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -55,15 +57,61 @@ impl InFlight {
         self.open.remove(&seq).is_some()
     }
 
-    /// The worker is gone: the handoffs it never answered, oldest first.
-    pub fn take_unanswered(&mut self) -> Vec<Handed> {
-        std::mem::take(&mut self.open).into_values().collect()
+    /// The worker is gone: the handoffs it never answered and never
+    /// touched, oldest first, and how many it had begun to serve (dropped
+    /// here, which closes them: their bytes went with the worker).
+    pub fn take_unanswered(&mut self) -> (Vec<Handed>, usize) {
+        let (fresh, begun): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+            .into_values()
+            .partition(|h| untouched(&h.stream));
+        (fresh, begun.len())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.open.len()
     }
+}
+
+/// Whether no byte was read from or written to `stream` since it was
+/// accepted, and its sending side is still open.
+///
+/// Compares what the kernel received with what is still unread, reading the
+/// unread count first: bytes arriving in between can only make the
+/// connection look touched (closed, never served twice).
+pub fn untouched(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer given.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } != 0 {
+        return false;
+    }
+    // SAFETY: tcp_info is plain integers, so all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let got = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 || (len as usize) < std::mem::size_of::<libc::tcp_info>() {
+        return false;
+    }
+    // linux/tcp_states.h; libc does not export them.
+    const TCP_ESTABLISHED: u8 = 1;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    let open = matches!(info.tcpi_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT);
+    // The client's FIN, once received, counts as one byte received.
+    let fin = u64::from(info.tcpi_state == TCP_CLOSE_WAIT);
+    let read_nothing = u64::try_from(unread).is_ok_and(|u| info.tcpi_bytes_received == u + fin);
+    let wrote_nothing = info.tcpi_data_segs_out == 0 && info.tcpi_notsent_bytes == 0;
+    open && read_nothing && wrote_nothing
 }
 
 #[cfg(test)]
@@ -93,8 +141,8 @@ mod tests {
         assert!(f.ack(b));
         assert!(!f.ack(b), "a second answer finds nothing");
         c1.write_all(b"hello").expect("write");
-        let left = f.take_unanswered();
-        assert_eq!(left.len(), 1);
+        let (left, begun) = f.take_unanswered();
+        assert_eq!((left.len(), begun), (1, 0));
         assert_eq!(left[0].client, "one");
         let mut buf = [0u8; 5];
         (&left[0].stream).read_exact(&mut buf).expect("read");
@@ -112,5 +160,66 @@ mod tests {
         }
         assert_eq!(f.track(&s, "x"), 0);
         assert_eq!(f.len(), MAX_IN_FLIGHT);
+    }
+
+    /// A connection counts as touched once a byte was read from it or
+    /// written to it, or its sending side was shut; unread bytes alone do not.
+    #[test]
+    fn touched_connections_are_not_handed_again() {
+        use std::net::Shutdown;
+        let (mut c, s) = pair();
+        assert!(untouched(&s), "fresh");
+        c.write_all(b"hello").expect("write");
+        wait_readable(&s, 5);
+        assert!(untouched(&s), "unread bytes only");
+        let mut one = [0u8; 1];
+        (&s).read_exact(&mut one).expect("read");
+        assert!(!untouched(&s), "one byte read");
+
+        let (_c, s) = pair();
+        (&s).write_all(b"x").expect("write");
+        assert!(!untouched(&s), "one byte written");
+
+        let (_c, s) = pair();
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        assert!(!untouched(&s), "sending side shut");
+
+        let (mut c, s) = pair();
+        c.write_all(b"bye").expect("write");
+        drop(c);
+        wait_readable(&s, 0);
+        assert!(
+            untouched(&s),
+            "the client sent and closed its side, nothing read"
+        );
+        let mut three = [0u8; 3];
+        (&s).read_exact(&mut three).expect("read");
+        assert!(!untouched(&s), "read after the client closed");
+
+        let mut f = InFlight::default();
+        let (_c1, s1) = pair();
+        let (_c2, s2) = pair();
+        f.track(&s1, "fresh");
+        f.track(&s2, "begun");
+        (&s2).write_all(b"x").expect("write");
+        let (left, begun) = f.take_unanswered();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].client, "fresh");
+        assert_eq!(begun, 1);
+    }
+
+    /// Waits (bounded) until `s` has `n` unread bytes, or EOF for 0.
+    fn wait_readable(s: &TcpStream, n: usize) {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        let got = s.peek(&mut buf).expect("peek");
+        if n > 0 && got < n {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while s.peek(&mut buf).expect("peek") < n {
+                assert!(std::time::Instant::now() < deadline, "bytes never arrived");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
 }
