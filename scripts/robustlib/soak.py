@@ -58,6 +58,7 @@ def parse_args(argv):
     p.add_argument("--traffic-threads", type=int, default=6, help="traffic threads (default 6)")
     p.add_argument("--api-rate", type=float, default=4, help="API changes per second (default 4)")
     p.add_argument("--worker-kill-every", type=float, default=3, help="seconds between worker kills (default 3)")
+    p.add_argument("--warmup", type=float, default=180, help="seconds after each master start before its RSS baseline is taken (default 180): its bounded structures (the SSE replay ring of 4,096 events, log rings, allocator pools) fill first")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--debug", action="store_true", help="use target/debug binaries")
     p.add_argument("--out", help="results directory (default target/robustness/soak-<time>)")
@@ -585,6 +586,7 @@ class Soak:
             self.violations += self.leaks_seen
         result = {
             "minutes": self.args.minutes,
+            "warmup_s": self.args.warmup,
             "instances": self.args.instances,
             "stats": self.stats,
             "unsure_creates": self.expected.unsure_creates,
@@ -622,16 +624,16 @@ class Soak:
         return 0
 
     def rss_table(self) -> list[dict]:
-        """Per master run: RSS at warm-up (first sample ≥ 60 s after the run
-        began) and at its last sample; the longest run must stay within the
-        growth limit, and its descriptors must not grow either."""
+        """Per master run: RSS at warm-up (first sample ≥ --warmup s after the
+        run began) and at its last sample; the longest run must stay within
+        the growth limit, and its descriptors must not grow either."""
         rows = []
         for inc in sorted({r["incarnation"] for r in self.samples}):
             mine = [r for r in self.samples if r["incarnation"] == inc and r["phase"] in ("run", "end", "start") or r["incarnation"] == inc and r["phase"].startswith("restart")]
             if len(mine) < 2:
                 continue
             t_begin = mine[0]["t"]
-            warm = next((r for r in mine if r["t"] - t_begin >= 60), None)
+            warm = next((r for r in mine if r["t"] - t_begin >= self.args.warmup), None)
             end = mine[-1]
             if warm is None or warm is end:
                 continue
