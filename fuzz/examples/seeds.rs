@@ -176,6 +176,9 @@ fn to_worker_samples() -> Vec<ToWorker> {
             reason: "Address already in use (os error 98)".into(),
         }
         .into(),
+        ToWorker::Become {
+            instance: "a1b2c3d4".into(),
+        },
     ]
 }
 

@@ -9,9 +9,9 @@
 //!    so far decide an identity, more bytes never change it.
 //!
 //! The gateway's peek parser is compiled in from its source file
-//! ([`identify`]) rather than through the `drover` crate: it needs only std
-//! and tokio, while the master's dependencies (actix-web, sled, utoipa, …)
-//! would more than double what every fuzz build compiles.
+//! ([`identify`]) rather than through the `drover` crate: it needs only std,
+//! tokio and nix, while the master's dependencies (actix-web, sled, utoipa,
+//! …) would more than double what every fuzz build compiles.
 
 use std::future::Future;
 use std::pin::pin;
