@@ -326,12 +326,31 @@ impl Store {
     /// Stores an instance under its id, durably. The caller sets `v`
     /// ([`SCHEMA_VERSION`]).
     pub async fn put_instance(&self, record: &InstanceRecord) -> Result<(), StoreError> {
+        self.put_instance_latest(|| Some(record.clone())).await?;
+        Ok(())
+    }
+
+    /// Writes the record `latest` returns once this write's turn has come
+    /// (`None`: nothing to write; returns whether it wrote).
+    ///
+    /// For records also changed in memory by others: whatever is written
+    /// last is then the newest state, so a change acknowledged after its
+    /// write is never overwritten on disk by an older copy that another
+    /// writer took before it and wrote after it.
+    pub async fn put_instance_latest(
+        &self,
+        latest: impl FnOnce() -> Option<InstanceRecord>,
+    ) -> Result<bool, StoreError> {
         let _gate = self.write_gate.lock().await;
-        let value = encode(record, "instances", &record.id)?;
+        let Some(record) = latest() else {
+            return Ok(false);
+        };
+        let value = encode(&record, "instances", &record.id)?;
         self.instances
             .insert(record.id.as_bytes(), value)
             .map_err(sled_err("writing", "instances", &record.id))?;
-        self.flush_gated().await
+        self.flush_gated().await?;
+        Ok(true)
     }
 
     /// Removes an instance with its counters and every binding to it, in one

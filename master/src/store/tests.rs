@@ -531,3 +531,35 @@ fn concurrent_writers_do_not_deadlock() {
         Err(_) => panic!("200 concurrent writers still hung after {bound:?}: store deadlock"),
     }
 }
+
+/// `put_instance_latest` takes the record when its write's turn comes: a
+/// change made while it waited for an earlier write is in what it writes,
+/// and `None` writes nothing.
+#[tokio::test]
+async fn latest_record_is_taken_at_write_time() {
+    let (tmp, store) = open();
+    let store = std::sync::Arc::new(store);
+    let memory = std::sync::Arc::new(std::sync::Mutex::new(instance("aaaa0001")));
+    let gate = store.write_gate.lock().await; // an earlier write in progress
+    let writer = {
+        let (store, memory) = (store.clone(), memory.clone());
+        tokio::spawn(async move {
+            store
+                .put_instance_latest(|| Some(memory.lock().unwrap().clone()))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    memory.lock().unwrap().alias = "changed while waiting".into();
+    drop(gate);
+    assert!(writer.await.unwrap().unwrap(), "it wrote");
+    assert!(
+        !store.put_instance_latest(|| None).await.unwrap(),
+        "None writes nothing"
+    );
+    let store = std::sync::Arc::into_inner(store).expect("one owner");
+    let store = reopen(&tmp, store);
+    let (records, _) = store.instances();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].alias, "changed while waiting");
+}

@@ -86,6 +86,7 @@ impl Instance {
                 control: None,
                 in_flight: InFlight::default(),
                 woken_by_gateway: false,
+                removed: false,
             }),
             cmds: tx,
             ready: watch::channel(0).0,

@@ -204,23 +204,31 @@ impl Supervisor {
                 cert_pem: ck.cert.pem(),
                 key_pem: ck.signing_key.serialize_pem(),
             };
-            let record = {
-                let mut s = inst.lock();
-                s.record.cert = Some(cert);
-                s.record.clone()
-            };
-            self.persist(&record).await?;
+            inst.lock().record.cert = Some(cert);
+            self.persist(inst).await?;
         }
         inst.lock().status = Status::Running;
         Ok(listeners)
     }
 
-    async fn persist(&self, record: &InstanceRecord) -> Result<(), SupError> {
-        self.shared
+    /// Writes the instance's record as it is when the write's turn comes
+    /// (see [`crate::store::Store::put_instance_latest`]); `NotFound` once it is being
+    /// deleted (nothing is written then).
+    async fn persist(&self, inst: &Instance) -> Result<(), SupError> {
+        let wrote = self
+            .shared
             .store
-            .put_instance(record)
+            .put_instance_latest(|| {
+                let s = inst.lock();
+                (!s.removed).then(|| s.record.clone())
+            })
             .await
-            .map_err(|e| SupError::Store(e.to_string()))
+            .map_err(|e| SupError::Store(e.to_string()))?;
+        if wrote {
+            Ok(())
+        } else {
+            Err(SupError::NotFound)
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Instance>> {
@@ -308,8 +316,7 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        let record = inst.lock().record.clone();
-        if let Err(e) = self.persist(&record).await {
+        if let Err(e) = self.persist(&inst).await {
             inst.send(Command::Delete(oneshot::channel().0));
             return Err(e);
         }
@@ -393,17 +400,16 @@ impl Supervisor {
         f: impl FnOnce(&mut InstanceRecord),
     ) -> Result<InstanceView, SupError> {
         let inst = self.require(id)?;
-        let record = {
+        {
             let mut s = inst.lock();
             let mut r = s.record.clone();
             f(&mut r);
             if r == s.record {
                 return Ok(s.view());
             }
-            s.record = r.clone();
-            r
-        };
-        self.persist(&record).await?;
+            s.record = r;
+        }
+        self.persist(&inst).await?;
         let view = inst.view();
         self.shared.hub.publish(EventKind::Update, Some(&view), "");
         Ok(view)
@@ -429,16 +435,15 @@ impl Supervisor {
                 return Err(e.into());
             }
         };
-        let record = {
+        {
             let mut s = inst.lock();
             s.record.url = url;
             if s.spec.params.tls != spec.params.tls {
                 s.record.cert = None;
             }
             s.spec = spec.clone();
-            s.record.clone()
-        };
-        self.persist(&record).await?;
+        }
+        self.persist(&inst).await?;
         drop(listeners);
         let l = self.prepare_start(&inst, &spec).await?;
         inst.send(Command::Start(l));
@@ -453,11 +458,11 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         inst.send(Command::Delete(tx));
         let _ = rx.await;
-        self.shared
-            .store
-            .delete_instance(id)
-            .await
-            .map_err(|e| SupError::Store(e.to_string()))?;
+        inst.lock().removed = true;
+        if let Err(e) = self.shared.store.delete_instance(id).await {
+            inst.lock().removed = false;
+            return Err(SupError::Store(e.to_string()));
+        }
         self.instances.write().expect("instances lock").remove(id);
         let view = inst.view();
         self.shared.hub.publish(EventKind::Delete, Some(&view), "");

@@ -81,6 +81,8 @@ pub struct State {
     pub in_flight: InFlight,
     /// Woken by the gateway: reaped after [`GATEWAY_IDLE`] unless `idle=` says otherwise.
     pub woken_by_gateway: bool,
+    /// Being deleted: the record must not be written again.
+    pub removed: bool,
 }
 
 impl State {
