@@ -108,16 +108,12 @@ async fn splice_both(
     c: &Counters<'_>,
     act: &Activity,
 ) -> io::Result<()> {
-    let ab = Pipe::take()?;
-    let ba = Pipe::take()?;
+    let ab = Pipe::new()?;
+    let ba = Pipe::new()?;
     tokio::try_join!(
         splice_half(a, b, &ab, c.rx, act),
         splice_half(b, a, &ba, c.tx, act)
     )?;
-    // Both directions ended cleanly, so both pipes are empty: keep them. A
-    // session that failed or was cancelled drops (closes) its pipes instead.
-    ab.give_back();
-    ba.give_back();
     Ok(())
 }
 
@@ -187,36 +183,18 @@ fn shutdown_write(s: &TcpStream) {
     }
 }
 
-/// Empty pipes of ended sessions, kept for the next ones: a new session
-/// then costs no `pipe2`, `F_SETPIPE_SZ` and `close` calls (8 per session).
-static SPARE_PIPES: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
-/// At most this many spare pipes (fds: twice as many). Unprivileged users
-/// may grow only 64 pipes to [`PIPE_SIZE`] (`pipe-user-pages-soft`), so the
-/// spares keep few of them from sessions.
-const SPARE_PIPES_MAX: usize = 16;
-
-/// A pipe for one splice direction.
+/// A pipe for one splice direction, made per session and closed with it.
+///
+/// Not kept for reuse: Linux charges a pipe's capacity to its owner's uid
+/// (`pipe-user-pages-soft`, 64 MiB), which every worker of a tenant shares.
+/// Idle pipes kept by 200 workers used it up in a soak, and from then on
+/// every new pipe got a single page: splice throughput collapsed.
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl Pipe {
-    /// A spare pipe, or a new one.
-    fn take() -> io::Result<Self> {
-        let spare = SPARE_PIPES.lock().ok().and_then(|mut v| v.pop());
-        spare.map_or_else(Self::new, Ok)
-    }
-
-    /// Keeps this pipe for another session; it must be empty.
-    fn give_back(self) {
-        if let Ok(mut spares) = SPARE_PIPES.lock()
-            && spares.len() < SPARE_PIPES_MAX
-        {
-            spares.push(self);
-        }
-    }
-
     fn new() -> io::Result<Self> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 fills two fds on success.
@@ -342,20 +320,6 @@ mod tests {
     #[tokio::test]
     async fn splice_relay_half_close() {
         run(false).await;
-    }
-
-    /// Sessions one after another reuse the spare pipes and carry nothing
-    /// over from the previous session.
-    #[tokio::test]
-    async fn spare_pipes_are_reused_clean() {
-        for _ in 0..4 {
-            run(false).await;
-        }
-        let spares = SPARE_PIPES.lock().unwrap().len();
-        assert!(
-            (1..=SPARE_PIPES_MAX).contains(&spares),
-            "{spares} spare pipes"
-        );
     }
 
     /// Copy path (rate limited) behaves the same.
