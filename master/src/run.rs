@@ -29,8 +29,10 @@ use crate::supervisor::{Shared, Supervisor, UrlDefaults, spawn};
 use crate::sysinfo::Sampler;
 use crate::systemd;
 
-/// Counters reach the disk at least this often.
+/// How often workers report their stats.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often changed counters are written (and then shown).
+pub const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 /// Workers get this long to drain when stopped.
 pub const GRACE: Duration = Duration::from_secs(10);
 /// SSE events kept for `Last-Event-ID` resume.
@@ -236,7 +238,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         let sup = sup.clone();
         let heartbeat = heartbeat.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STATS_INTERVAL);
+            let mut tick = tokio::time::interval(COUNTERS_INTERVAL);
             loop {
                 tick.tick().await;
                 sup.persist_counters().await;

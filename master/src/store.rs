@@ -404,12 +404,25 @@ impl Store {
     /// Entries for instances no longer stored are dropped, so a late write
     /// from a deleted instance's task cannot resurrect its counters.
     pub async fn put_counters(&self, batch: &[(String, Counters)]) -> Result<(), StoreError> {
+        self.put_counters_latest(|| batch.to_vec(), |_| {}).await
+    }
+
+    /// Writes the counters `latest` returns once this write's turn has come,
+    /// then hands them to `written` once they are on disk. Both run under
+    /// the write gate, so what `written` records follows the disk, in write
+    /// order (an earlier snapshot never lands after a later one).
+    pub async fn put_counters_latest(
+        &self,
+        latest: impl FnOnce() -> Vec<(String, Counters)>,
+        written: impl FnOnce(&[(String, Counters)]),
+    ) -> Result<(), StoreError> {
         let _gate = self.write_gate.lock().await;
+        let batch = latest();
         if batch.is_empty() {
             return Ok(());
         }
         let mut values = Vec::with_capacity(batch.len());
-        for (id, totals) in batch {
+        for (id, totals) in &batch {
             let record = CounterRecord {
                 v: SCHEMA_VERSION,
                 totals: *totals,
@@ -426,7 +439,9 @@ impl Store {
                 Ok(())
             })
             .map_err(txn_err("writing", "counters", "(batch)"))?;
-        self.flush_gated().await
+        self.flush_gated().await?;
+        written(&batch);
+        Ok(())
     }
 
     // ---- bindings ----

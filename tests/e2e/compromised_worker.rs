@@ -263,13 +263,14 @@ async fn floods_are_absorbed() {
     )
     .await;
     // The Stats flood ends with every counter at u64::MAX and an exit; the
-    // next worker's counters add on top of those.
+    // next worker's counters add on top of those (shown once written, so
+    // wait for that too).
     let v = wait_instance(
         &api,
         &stats,
         KILL_DEADLINE,
-        "has run a second flooding worker",
-        |v| v["worker"]["restarts"].as_u64() >= Some(2),
+        "has run a second flooding worker and shows its counters",
+        |v| v["worker"]["restarts"].as_u64() >= Some(2) && v["tcprx"].as_u64() == Some(u64::MAX),
     )
     .await;
     api_answers(&api, &[&stats, &logs, &stderr, &bystander.id]).await;

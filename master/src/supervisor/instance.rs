@@ -82,6 +82,7 @@ impl Instance {
                 live: Stats::default(),
                 base,
                 offset: Counters::default(),
+                shown: base,
                 logs: VecDeque::new(),
                 control: None,
                 in_flight: InFlight::default(),
@@ -546,7 +547,10 @@ impl Task {
             ToMaster::Stats(st) => {
                 let changed = {
                     let mut s = self.inst.lock();
-                    let changed = s.live != st;
+                    // Traffic counters are shown once written (see
+                    // `Supervisor::persist_counters`), which publishes them.
+                    let gauges = |x: &Stats| (x.mode, x.ping, x.pool, x.tcps, x.udps);
+                    let changed = gauges(&s.live) != gauges(&st);
                     let idle = s.idle_limit().is_some_and(|limit| {
                         st.tcps + st.udps == 0 && Duration::from_millis(st.idle_ms) >= limit
                     });
@@ -735,7 +739,7 @@ impl Task {
     }
 
     async fn persist_counters(&mut self) {
-        let totals = {
+        {
             let mut s = self.inst.lock();
             s.pid = None;
             s.control = None;
@@ -745,12 +749,15 @@ impl Task {
             }
             self.carried.extend(fresh);
             s.fold_counters();
-            s.totals()
-        };
+        }
+        let inst = &self.inst;
         if let Err(e) = self
             .shared
             .store
-            .put_counters(&[(self.inst.id.clone(), totals)])
+            .put_counters_latest(
+                || vec![(inst.id.clone(), inst.lock().totals())],
+                |batch| inst.lock().shown = batch[0].1,
+            )
             .await
         {
             tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist counters");

@@ -384,7 +384,10 @@ impl Supervisor {
         inst.lock().reset_counters();
         self.shared
             .store
-            .put_counters(&[(id.to_string(), Counters::default())])
+            .put_counters_latest(
+                || vec![(id.to_string(), inst.lock().totals())],
+                |batch| inst.lock().shown = batch[0].1,
+            )
             .await
             .map_err(|e| SupError::Store(e.to_string()))?;
         self.shared
@@ -546,15 +549,45 @@ impl Supervisor {
         Ok(s.logs.iter().skip(skip).cloned().collect())
     }
 
-    /// Writes every instance's counters (periodically and on stop).
+    /// Writes the counters that changed since they were last written, then
+    /// shows them (API, SSE update): a count is shown only once it is on
+    /// disk, so a `kill -9` of the master never takes one back. Runs every
+    /// [`COUNTERS_INTERVAL`](crate::run::COUNTERS_INTERVAL) and on stop.
     pub async fn persist_counters(&self) {
         let all = self.all();
-        let batch: Vec<(String, Counters)> = all
-            .iter()
-            .map(|i| (i.id.clone(), i.lock().totals()))
-            .collect();
-        if let Err(e) = self.shared.store.put_counters(&batch).await {
-            tracing::error!(cause = %e, "cannot persist counters");
+        let mut shown = Vec::new();
+        let res = self
+            .shared
+            .store
+            .put_counters_latest(
+                || {
+                    all.iter()
+                        .filter_map(|i| {
+                            let s = i.lock();
+                            let t = s.totals();
+                            (t != s.shown).then(|| (i.id.clone(), t))
+                        })
+                        .collect()
+                },
+                |batch| {
+                    for (id, t) in batch {
+                        if let Some(i) = self.get(id) {
+                            i.lock().shown = *t;
+                            shown.push(i);
+                        }
+                    }
+                },
+            )
+            .await;
+        match res {
+            Ok(()) => {
+                for i in shown {
+                    self.shared
+                        .hub
+                        .publish(EventKind::Update, Some(&i.view()), "");
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "cannot persist counters"),
         }
     }
 

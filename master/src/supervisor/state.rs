@@ -74,6 +74,9 @@ pub struct State {
     pub base: Counters,
     /// Worker counters at the last `reset` (subtracted from `live`).
     pub offset: Counters,
+    /// The totals last written to the store: what the API and SSE show, so
+    /// a shown count is never taken back by a crash of the master.
+    pub shown: Counters,
     pub logs: VecDeque<String>,
     /// The ready worker's control channel (gateway handoff), if any.
     pub control: Option<ControlSender<ToWorker>>,
@@ -120,7 +123,7 @@ impl State {
     }
 
     pub fn view(&self) -> InstanceView {
-        let t = self.totals();
+        let t = self.shown;
         let running = self.pid.is_some();
         let live = |v: u64| if running { v } else { 0 };
         InstanceView {
