@@ -60,6 +60,20 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Writes this instance's counters as they are when the write's turn
+    /// comes, then shows them (see `Supervisor::persist_counters`).
+    pub async fn persist_counters(
+        &self,
+        store: &crate::store::Store,
+    ) -> Result<(), crate::store::StoreError> {
+        store
+            .put_counters_latest(
+                || vec![(self.id.clone(), self.lock().totals())],
+                |batch| self.lock().shown = batch[0].1,
+            )
+            .await
+    }
+
     pub fn new(
         record: InstanceRecord,
         spec: TunnelSpec,
@@ -750,16 +764,7 @@ impl Task {
             self.carried.extend(fresh);
             s.fold_counters();
         }
-        let inst = &self.inst;
-        if let Err(e) = self
-            .shared
-            .store
-            .put_counters_latest(
-                || vec![(inst.id.clone(), inst.lock().totals())],
-                |batch| inst.lock().shown = batch[0].1,
-            )
-            .await
-        {
+        if let Err(e) = self.inst.persist_counters(&self.shared.store).await {
             tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist counters");
         }
     }

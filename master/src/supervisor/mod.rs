@@ -382,12 +382,7 @@ impl Supervisor {
     pub async fn reset(&self, id: &str) -> Result<(), SupError> {
         let inst = self.require(id)?;
         inst.lock().reset_counters();
-        self.shared
-            .store
-            .put_counters_latest(
-                || vec![(id.to_string(), inst.lock().totals())],
-                |batch| inst.lock().shown = batch[0].1,
-            )
+        inst.persist_counters(&self.shared.store)
             .await
             .map_err(|e| SupError::Store(e.to_string()))?;
         self.shared
