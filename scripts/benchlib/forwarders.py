@@ -8,6 +8,7 @@ started by `procs.start` in a session of its own. All of them are measured
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class Forwarder:
             listen, target, aux, workdir, udp
         )
         env = {"RUST_LOG": "warn"}
+        if "DROVER_WORKER_THREADS" in os.environ:
+            env["DROVER_WORKER_THREADS"] = os.environ["DROVER_WORKER_THREADS"]
         out = []
         for i, (tag, cmd) in enumerate(cmds):
             out.append(procs.start(f"{self.name}-{tag}-{listen}", cmd, workdir, env=env))

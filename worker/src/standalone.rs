@@ -29,10 +29,7 @@ pub fn parse(url: &str) -> Result<TunnelSpec, String> {
 pub fn run(spec: TunnelSpec) -> ExitCode {
     let level = spec.params.log;
     crate::logging::init(level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover-worker: cannot start the runtime: {e}");

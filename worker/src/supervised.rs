@@ -41,10 +41,7 @@ pub fn run(instance: String, control_fd: RawFd) -> ExitCode {
         eprintln!("drover-worker: the master is already gone");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover-worker: cannot start the runtime: {e}");
