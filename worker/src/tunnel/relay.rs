@@ -1,7 +1,10 @@
 //! Moving bytes between a local socket (user or target) and the other side.
 //!
-//! 1. Both ends plain TCP and no `rate`: `splice(2)` through a pipe per
-//!    direction, so payload never enters user space.
+//! 1. Both ends plain TCP and no `rate`: each direction starts by copying
+//!    through a small buffer and switches to `splice(2)` through a pipe once
+//!    a read fills that buffer (a bulk transfer). Short request/response
+//!    traffic never makes a pipe: that saves 8 syscalls per connection and
+//!    keeps the tenant's pipe budget for the transfers that use it.
 //! 2. Otherwise (TLS, rate limit): one 64 KiB buffer per direction, allocated
 //!    once per session.
 //!
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::limits::RateLimiter;
@@ -26,6 +30,9 @@ use super::link::Link;
 const PIPE_SIZE: usize = 1 << 20;
 /// Buffer per direction on the copying path.
 const COPY_BUF: usize = 64 * 1024;
+/// Buffer per direction before a plain relay turns to splice; a read that
+/// fills it marks the direction as bulk.
+const SMALL_BUF: usize = 16 * 1024;
 
 /// How a relay is limited and what it counts.
 #[derive(Clone)]
@@ -52,7 +59,10 @@ pub async fn relay(
     let activity = Activity::new();
     let work = async {
         match (remote.into_plain(), &opts.rate) {
-            (Ok(remote), None) => splice_both(&local, &remote, &counters, &activity).await,
+            (Ok(mut remote), None) => {
+                let mut local = local;
+                plain_both(&mut local, &mut remote, &counters, &activity).await
+            }
             (Ok(remote), Some(_)) => {
                 copy_both(local, Link::Plain(remote), &counters, opts, &activity).await
             }
@@ -102,19 +112,45 @@ impl Activity {
     }
 }
 
-async fn splice_both(
-    a: &TcpStream,
-    b: &TcpStream,
+async fn plain_both(
+    a: &mut TcpStream,
+    b: &mut TcpStream,
     c: &Counters<'_>,
     act: &Activity,
 ) -> io::Result<()> {
-    let ab = Pipe::new()?;
-    let ba = Pipe::new()?;
-    tokio::try_join!(
-        splice_half(a, b, &ab, c.rx, act),
-        splice_half(b, a, &ba, c.tx, act)
-    )?;
+    let (ar, aw) = a.split();
+    let (br, bw) = b.split();
+    tokio::try_join!(plain_half(ar, bw, c.rx, act), plain_half(br, aw, c.tx, act))?;
     Ok(())
+}
+
+/// Moves `src` → `dst` until EOF, then shuts `dst`'s write side: copies
+/// while reads are small, splices from the first read that fills the buffer.
+async fn plain_half(
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
+    count: &AtomicU64,
+    act: &Activity,
+) -> io::Result<()> {
+    // Spare capacity, filled by `read_buf` without zeroing it first.
+    let mut buf = Vec::with_capacity(SMALL_BUF);
+    loop {
+        buf.clear();
+        // Through tokio's reader: a short read clears readiness, so waiting
+        // for the next message costs no EAGAIN call.
+        let n = src.read_buf(&mut buf).await?;
+        if n == 0 {
+            shutdown_write(dst.as_ref());
+            return Ok(());
+        }
+        dst.write_all(&buf).await?;
+        count.fetch_add(n as u64, Relaxed);
+        act.touch();
+        if n >= SMALL_BUF {
+            drop(buf);
+            return splice_half(src.as_ref(), dst.as_ref(), &Pipe::new()?, count, act).await;
+        }
+    }
 }
 
 /// Moves `src` → `dst` through `pipe` until EOF, then shuts `dst`'s write side.
@@ -320,6 +356,46 @@ mod tests {
     #[tokio::test]
     async fn splice_relay_half_close() {
         run(false).await;
+    }
+
+    /// A direction that starts small and turns bulk mid-stream switches to
+    /// splice without losing or reordering a byte.
+    #[tokio::test]
+    async fn small_then_bulk_keeps_every_byte() {
+        let (mut user, u_in) = pair().await;
+        let (t_out, mut target) = pair().await;
+        let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
+        let opts = RelayOpts {
+            read_timeout: Duration::ZERO,
+            rate: None,
+        };
+        let relay = relay(
+            u_in,
+            Link::Plain(t_out),
+            Counters { rx: &rx, tx: &tx },
+            &opts,
+        );
+        let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let peers = async {
+            for round in 0..3u8 {
+                user.write_all(&[round; 10]).await.unwrap();
+                let mut got = [0u8; 10];
+                target.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, [round; 10]);
+            }
+            user.write_all(&bulk).await.unwrap();
+            user.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            target.read_to_end(&mut got).await.unwrap();
+            assert!(got == bulk, "bulk bytes differ after the switch");
+            target.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            user.read_to_end(&mut back).await.unwrap();
+            assert!(back.is_empty());
+        };
+        let (r, ()) = tokio::join!(relay, peers);
+        r.unwrap();
+        assert_eq!((rx.load(Relaxed), tx.load(Relaxed)), (30 + 1_000_000, 0));
     }
 
     /// Copy path (rate limited) behaves the same.
