@@ -338,24 +338,28 @@ pub enum Request {
 }
 
 /// Server: reads the client's request after the (optional) TLS layer.
+///
+/// Both kinds are the same length, so one exact read takes the whole
+/// request (the client sends nothing more until it has the status).
 pub async fn server_request(link: &mut (impl AsyncRead + Unpin)) -> io::Result<Request> {
-    let mut kind = [0u8; 1];
-    link.read_exact(&mut kind).await?;
+    const _: () = assert!(
+        NONCE == 16,
+        "control and pool requests must be the same length"
+    );
+    let mut req = [0u8; 1 + 16 + PROOF];
+    link.read_exact(&mut req).await?;
+    let (kind, rest) = req.split_at(1);
+    let (id, proof_bytes) = rest.split_at(16);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(id);
+    let mut proof = [0u8; PROOF];
+    proof.copy_from_slice(proof_bytes);
     match kind[0] {
-        KIND_CONTROL => {
-            let mut cn = [0u8; NONCE];
-            let mut proof = [0u8; PROOF];
-            link.read_exact(&mut cn).await?;
-            link.read_exact(&mut proof).await?;
-            Ok(Request::Control { cn, proof })
-        }
-        KIND_POOL => {
-            let mut session = [0u8; 16];
-            let mut proof = [0u8; PROOF];
-            link.read_exact(&mut session).await?;
-            link.read_exact(&mut proof).await?;
-            Ok(Request::Pool { session, proof })
-        }
+        KIND_CONTROL => Ok(Request::Control { cn: first, proof }),
+        KIND_POOL => Ok(Request::Pool {
+            session: first,
+            proof,
+        }),
         x => Err(invalid(format!("unknown connection kind {x}"))),
     }
 }
