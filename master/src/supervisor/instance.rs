@@ -475,6 +475,11 @@ impl Task {
         loop {
             tokio::select! {
                 status = w.child.wait() => {
+                    // The exit can be seen before the frames the worker wrote
+                    // just before it: its `Fatal` belongs in `how`.
+                    if let Some(f) = self.read_last_answers(w).await {
+                        fatal = Some(f);
+                    }
                     return Outcome::Exited { how: exit_text(status, why(fatal)), ran: started.elapsed() };
                 }
                 msg = w.channel.recv() => match msg {
@@ -724,8 +729,9 @@ impl Task {
 
     /// The worker is gone: reads the frames it wrote before it went, so its
     /// last counters, log lines and `Adopted` answers count. Its end is
-    /// closed, so this does not wait.
-    async fn read_last_answers(&mut self, w: &mut Worker) {
+    /// closed, so this does not wait. Returns its `Fatal` message, if any.
+    async fn read_last_answers(&mut self, w: &mut Worker) -> Option<String> {
+        let mut fatal = None;
         let read = async {
             while let Ok(Some((msg, _))) = w.channel.recv().await {
                 match msg {
@@ -735,7 +741,7 @@ impl Task {
                     ToMaster::Stats(st) => self.inst.lock().live = st,
                     ToMaster::Log(l) => self.on_log(l.line),
                     ToMaster::Fatal { message } => {
-                        self.on_fatal(message);
+                        fatal = Some(self.on_fatal(message));
                     }
                     ToMaster::Ready(_) | ToMaster::Pong { .. } | ToMaster::Bind(_) => {}
                 }
@@ -743,6 +749,7 @@ impl Task {
         };
         // Guards against a worker's descendant holding its control socket open.
         let _ = tokio::time::timeout(Duration::from_millis(200), read).await;
+        fatal
     }
 
     fn drop_carried(&mut self, why: &str) {
