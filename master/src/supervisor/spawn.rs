@@ -295,7 +295,8 @@ async fn hello(
 async fn read_stderr(stderr: ChildStderr, on_line: impl Fn(String)) {
     /// Bytes skipped per read past a line's first `MAX_LINE`.
     const SKIP_CHUNK: u64 = 64 * 1024;
-    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stderr);
+    // One per worker, and a worker's stderr is nearly always silent.
+    let mut reader = tokio::io::BufReader::with_capacity(4 * 1024, stderr);
     let mut budget = LogBudget::new();
     let mut line = Vec::new();
     let mut skip = Vec::new();
