@@ -60,6 +60,9 @@ pub async fn serve_tcp(
     opener: Opener,
     stop: CancellationToken,
 ) {
+    // Accepted sockets inherit TCP_NODELAY from their listener (Linux): one
+    // setsockopt here instead of one per connection.
+    let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -101,6 +104,8 @@ pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
             let Ok(peer) = user.peer_addr() else {
                 continue;
             };
+            // Accepted by the master's gateway, which does not set it.
+            let _ = user.set_nodelay(true);
             let (ctx2, opener) = (ctx.clone(), opener.clone());
             ctx.spawn_session(handle(user, peer, ctx2, opener));
         }
@@ -112,7 +117,6 @@ async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener
         tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");
         return;
     };
-    let _ = user.set_nodelay(true);
     let block = ctx.spec.params.block;
     if block.any()
         && let Some(what) = super::block::check(&user, block).await
