@@ -3,10 +3,10 @@
 
 use nix::sys::signal::Signal;
 
-use drover_e2e::io::{send_half_close_read_all, udp_connected, udp_recv};
+use drover_e2e::io::{echo_once, send_half_close_read_all, udp_connected, udp_recv};
 use drover_e2e::{
-    DEADLINE, Mode, SinkReplyServer, Stats, TunnelBuilder, UdpEchoServer, Worker, free_addr,
-    pattern, random_bytes,
+    DEADLINE, EchoServer, Mode, SinkReplyServer, Stats, TunnelBuilder, UdpEchoServer, Worker,
+    free_addr, pattern, random_bytes,
 };
 
 /// Bytes the user sends before half-closing.
@@ -135,6 +135,52 @@ async fn sigint_stops_with_final_stats() {
     assert!(
         !tunnel.client.lines_since(mark, "CHECK_POINT|").is_empty(),
         "no CHECK_POINT line after SIGINT\n{}",
+        tunnel.client.dump()
+    );
+}
+
+/// The pre-dialled pool grows with demand, not with the number of starved
+/// takes: after 400 connections from 8 concurrent users through a reverse
+/// tunnel with `tls=1` (slow refills, so the entrance starves) and `min=2`, the client holds a small multiple of 8 idle links
+/// (twice the sessions open when it starved, and sessions linger at the
+/// exit while they close); it used to double on every starved take, to
+/// `max` = 1,024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_grows_with_demand_not_past_it() {
+    const USERS: usize = 8;
+    const EACH: usize = 50;
+    let echo = EchoServer::start().await;
+    let tunnel = TunnelBuilder::new(Mode::Reverse, &[echo.addr])
+        .server("tls=1")
+        .client("min=2")
+        .start()
+        .await;
+    let entrance = tunnel.entrance;
+    let users: Vec<_> = (0..USERS)
+        .map(|u| {
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let payload = pattern(64, (u * EACH + i) as u64);
+                    assert_eq!(echo_once(entrance, &payload).await, payload);
+                }
+            })
+        })
+        .collect();
+    for u in users {
+        u.await.expect("user task");
+    }
+    assert_eq!(echo.accepted(), USERS * EACH);
+    // The next periodic stats line shows the pool after the burst.
+    let mark = tunnel.client.mark();
+    tunnel
+        .client
+        .wait_for_line_since(mark, "CHECK_POINT|", DEADLINE)
+        .await;
+    let line = tunnel.client.lines_since(mark, "CHECK_POINT|").remove(0);
+    let stats = Stats::parse(&line).unwrap_or_else(|| panic!("malformed {line:?}"));
+    assert!(
+        (1..=8 * USERS as u64).contains(&stats.pool),
+        "pool after the burst: {stats:?}\n{}",
         tunnel.client.dump()
     );
 }
