@@ -25,6 +25,7 @@ pub mod master;
 pub mod ports;
 pub mod procs;
 pub mod prom;
+pub mod reaped;
 pub mod servers;
 pub mod sse;
 pub mod stats;

@@ -14,11 +14,12 @@
 //! 5. `Drop` SIGKILLs the master's process group and any worker it left,
 //!    reaps the master, and prints its log when the test is failing.
 
+use crate::reaped::Reaped;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,11 +78,9 @@ pub struct Master {
     url: String,
     /// The worker binary it runs (`DROVER_WORKER_BIN`).
     worker: PathBuf,
-    pid: u32,
     key: Mutex<String>,
     dir: Arc<TempDir>,
-    child: Mutex<Child>,
-    status: Mutex<Option<ExitStatus>>,
+    proc: Reaped,
     log: Arc<Mutex<Log>>,
     changed: watch::Receiver<usize>,
     http: reqwest::Client,
@@ -118,7 +117,7 @@ impl Master {
         assert!(
             previous.try_status().is_some(),
             "restart: the previous master (pid {}) is still running",
-            previous.pid
+            previous.pid()
         );
         Self::launch(
             &previous.url,
@@ -169,11 +168,9 @@ impl Master {
             prefix: String::new(),
             url: url.to_string(),
             worker,
-            pid: child.id(),
             key: Mutex::new(known_key.clone().unwrap_or_default()),
             dir,
-            child: Mutex::new(child),
-            status: Mutex::new(None),
+            proc: Reaped::new(child),
             log,
             changed,
             http,
@@ -206,7 +203,7 @@ impl Master {
 
     /// The master's pid (also its process group).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid()
     }
 
     /// The URL it was started with.
@@ -325,38 +322,20 @@ impl Master {
 
     /// Sends `signal` to the master process (not its workers).
     pub fn signal(&self, signal: Signal) {
-        // Only while not reaped, so the pid cannot have been reused.
-        if self.try_status().is_none() {
-            let _ = kill(Pid::from_raw(self.pid as i32), signal);
-        }
+        self.proc.signal(signal);
     }
 
     /// The exit status if it has exited (reaps it).
     pub fn try_status(&self) -> Option<ExitStatus> {
-        let mut status = self.status.lock().expect("status");
-        if status.is_none() {
-            *status = self
-                .child
-                .lock()
-                .expect("child")
-                .try_wait()
-                .expect("try_wait");
-        }
-        *status
+        self.proc.try_status()
     }
 
     /// Waits for the master to exit (and its output to be read to the end).
     pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        let end = tokio::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.try_status() {
-                break status;
-            }
-            if tokio::time::Instant::now() >= end {
-                panic!("master did not exit within {timeout:?}\n{}", self.dump());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let status =
+            self.proc.wait(timeout).await.unwrap_or_else(|| {
+                panic!("master did not exit within {timeout:?}\n{}", self.dump())
+            });
         crate::wait::wait_until(timeout, "the master's output is read to the end", || {
             self.log.lock().expect("log").closed == 2
         })
@@ -378,13 +357,7 @@ impl Master {
     /// SIGKILLs the master process only (its workers must follow by
     /// themselves) and reaps it.
     pub fn kill(&self) -> ExitStatus {
-        self.signal(Signal::SIGKILL);
-        let mut status = self.status.lock().expect("status");
-        let mut child = self.child.lock().expect("child");
-        if status.is_none() {
-            *status = Some(child.wait().expect("wait"));
-        }
-        status.expect("reaped")
+        self.proc.kill()
     }
 
     /// Pids of the master's live child processes right now.
@@ -392,7 +365,7 @@ impl Master {
         if self.try_status().is_some() {
             return Vec::new();
         }
-        children(self.pid)
+        children(self.pid())
     }
 
     /// The master's instance workers: its children but the spares
@@ -411,7 +384,8 @@ impl Master {
         let log = self.log.lock().expect("log");
         let mut out = format!(
             "----- log of master pid {} `{}` -----\n",
-            self.pid, self.url
+            self.pid(),
+            self.url
         );
         for line in &log.lines {
             out.push_str(line);
@@ -430,7 +404,7 @@ impl Drop for Master {
             .filter(|pid| is_worker(*pid))
             .collect();
         if self.try_status().is_none() {
-            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
         }
         self.kill();
         // Workers die with the master (PDEATHSIG); make sure of it anyway, so

@@ -9,14 +9,14 @@
 //! 4. `Drop` SIGKILLs and reaps a worker still running, and prints its log
 //!    when the test is failing.
 
+use crate::reaped::Reaped;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
 use crate::stats::Stats;
@@ -62,9 +62,7 @@ struct Log {
 /// A running `drover-worker "<url>"`.
 pub struct Worker {
     url: String,
-    pid: u32,
-    child: Mutex<Child>,
-    status: Mutex<Option<ExitStatus>>,
+    proc: Reaped,
     log: Arc<Mutex<Log>>,
     changed: watch::Receiver<usize>,
 }
@@ -98,9 +96,7 @@ impl Worker {
         spawn_reader(stderr, true, log.clone(), tx);
         Worker {
             url: label.to_string(),
-            pid: child.id(),
-            child: Mutex::new(child),
-            status: Mutex::new(None),
+            proc: Reaped::new(child),
             log,
             changed,
         }
@@ -112,7 +108,7 @@ impl Worker {
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.proc.pid()
     }
 
     /// Every line so far, stdout and stderr interleaved as read.
@@ -280,24 +276,12 @@ impl Worker {
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: Signal) {
-        // Only while we have not reaped it, so the pid cannot have been reused.
-        if self.try_status().is_none() {
-            let _ = kill(Pid::from_raw(self.pid as i32), signal);
-        }
+        self.proc.signal(signal);
     }
 
     /// The exit status if it has exited (reaps it).
     pub fn try_status(&self) -> Option<ExitStatus> {
-        let mut status = self.status.lock().expect("status");
-        if status.is_none() {
-            *status = self
-                .child
-                .lock()
-                .expect("child")
-                .try_wait()
-                .expect("try_wait");
-        }
-        *status
+        self.proc.try_status()
     }
 
     /// Whether the process is still running.
@@ -307,20 +291,13 @@ impl Worker {
 
     /// Waits for the process to exit and for its output to be fully read.
     pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        let end = tokio::time::Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.try_status() {
-                break status;
-            }
-            if tokio::time::Instant::now() >= end {
-                panic!(
-                    "worker `{}` did not exit within {timeout:?}\n{}",
-                    self.url,
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let status = self.proc.wait(timeout).await.unwrap_or_else(|| {
+            panic!(
+                "worker `{}` did not exit within {timeout:?}\n{}",
+                self.url,
+                self.dump()
+            )
+        });
         // The readers see EOF once every copy of the pipes is closed.
         crate::wait::wait_until(timeout, "the worker's output is read to the end", || {
             self.log.lock().expect("log").closed == 2
@@ -331,14 +308,7 @@ impl Worker {
 
     /// SIGKILLs the process and reaps it.
     pub fn kill(&self) -> ExitStatus {
-        self.signal(Signal::SIGKILL);
-        // Same lock order as `try_status`: status, then child.
-        let mut status = self.status.lock().expect("status");
-        let mut child = self.child.lock().expect("child");
-        if status.is_none() {
-            *status = Some(child.wait().expect("wait"));
-        }
-        status.expect("reaped")
+        self.proc.kill()
     }
 
     /// The last `CHECK_POINT` line, parsed.
@@ -351,7 +321,8 @@ impl Worker {
         let log = self.log.lock().expect("log");
         let mut out = format!(
             "----- log of worker pid {} `{}` -----\n",
-            self.pid, self.url
+            self.proc.pid(),
+            self.url
         );
         for line in &log.lines {
             out.push_str(if line.stderr { "  " } else { "o " });
