@@ -141,10 +141,10 @@ async fn sigint_stops_with_final_stats() {
 
 /// The pre-dialled pool grows with demand, not with the number of starved
 /// takes: after 400 connections from 8 concurrent users through a reverse
-/// tunnel with `tls=1` (slow refills, so the entrance starves) and `min=2`, the client holds a small multiple of 8 idle links
-/// (twice the sessions open when it starved, and sessions linger at the
-/// exit while they close); it used to double on every starved take, to
-/// `max` = 1,024.
+/// tunnel with `tls=1` (slow refills, so the entrance starves) and `min=2`,
+/// the client holds a small multiple of 8 idle links (twice the sessions
+/// open when it starved, and sessions linger at the exit while they close);
+/// it used to double on every starved take, to `max` = 1,024.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_grows_with_demand_not_past_it() {
     const USERS: usize = 8;

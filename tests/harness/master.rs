@@ -14,7 +14,6 @@
 //! 5. `Drop` SIGKILLs the master's process group and any worker it left,
 //!    reaps the master, and prints its log when the test is failing.
 
-use crate::reaped::Reaped;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -31,6 +30,7 @@ use tokio::sync::watch;
 use crate::DEADLINE;
 use crate::api::Api;
 use crate::procs::{children, proc_alive, proc_cmdline};
+use crate::reaped::Reaped;
 use crate::sse::SseStream;
 use crate::worker::worker_bin;
 

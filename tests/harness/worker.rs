@@ -9,7 +9,6 @@
 //! 4. `Drop` SIGKILLs and reaps a worker still running, and prints its log
 //!    when the test is failing.
 
-use crate::reaped::Reaped;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 
+use crate::reaped::Reaped;
 use crate::stats::Stats;
 
 /// Where the worker binary is: `$DROVER_WORKER_BIN`, else beside the test
