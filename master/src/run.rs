@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::gateway::bindings::Bindings;
-use crate::gateway::{self, Gateway};
 use crate::metrics::Metrics;
 use crate::model::{InstanceView, MasterRecord, SCHEMA_VERSION};
 use crate::sse::Hub;
@@ -179,9 +179,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         let std = proto::listen::bind_tcp(sa)
             .with_context(|| format!("binding the gateway on {addr}"))?;
         let local = std.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let listener = gateway::Listener::new(std).context("gateway listener")?;
+        gateway
+            .clone()
+            .spawn(std, gateway_stop.clone())
+            .context("starting the gateway thread")?;
         tracing::info!(addr = %local, "gateway listening");
-        tokio::spawn(gateway.clone().run(listener, gateway_stop.clone()));
     }
     let state = web::Data::new(AppState {
         sup: sup.clone(),

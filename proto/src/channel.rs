@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, sockopt};
 use tokio::io::Interest;
-use tokio::net::UnixStream;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Mutex;
 
 use crate::fdpass::{self, MAX_FDS};
@@ -77,9 +77,17 @@ pub struct ControlChannel<Out, In> {
     receiver: ControlReceiver<In>,
 }
 
+/// The socket, registered with the runtime for reading only.
+///
+/// Registered for writing too, every read by the peer (which frees send
+/// space) would wake this side's runtime: a wake-up of the master per
+/// gateway handoff, on the CPU the worker needs next. Sends are direct
+/// non-blocking writes; only a full socket makes one wait, through a
+/// temporary writable registration ([`wait_writable`]).
+type Socket = AsyncFd<StdUnixStream>;
+
 impl<Out: Message, In: Message> ControlChannel<Out, In> {
-    /// Wraps a tokio stream (already non-blocking and registered).
-    pub fn new(stream: UnixStream) -> Self {
+    fn new(stream: Socket) -> Self {
         let stream = Arc::new(stream);
         Self {
             sender: ControlSender {
@@ -104,8 +112,10 @@ impl<Out: Message, In: Message> ControlChannel<Out, In> {
         stream
             .set_nonblocking(true)
             .map_err(|err| ProtoError::io("making the control socket non-blocking", err))?;
-        let stream = UnixStream::from_std(stream)
-            .map_err(|err| ProtoError::io("registering the control socket", err))?;
+        // SAFETY: the AsyncFd owns the stream, so its fd stays open and the
+        // same for as long as it is registered.
+        let stream = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
+            .map_err(|err| ProtoError::io("registering the control socket", err.into()))?;
         Ok(Self::new(stream))
     }
 
@@ -150,7 +160,7 @@ impl<Out: Message, In: Message> ControlChannel<Out, In> {
 
 impl<Out, In> AsFd for ControlChannel<Out, In> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sender.stream.as_fd()
+        self.sender.stream.get_ref().as_fd()
     }
 }
 
@@ -164,7 +174,7 @@ struct Pending {
 /// The sending side; clone it freely, all clones share one write lock.
 #[derive(Debug)]
 pub struct ControlSender<Out> {
-    stream: Arc<UnixStream>,
+    stream: Arc<Socket>,
     /// Behind the lock so a frame a cancelled `send` started is finished by
     /// the next one instead of being cut into by it.
     pending: Arc<Mutex<Pending>>,
@@ -214,13 +224,18 @@ impl<Out: Message> ControlSender<Out> {
         while pending.written < pending.frame.len() {
             let fds = if pending.written == 0 { fds } else { &[] };
             let rest = &pending.frame[pending.written..];
-            let sent = self
-                .stream
-                .async_io(Interest::WRITABLE, || {
-                    would_block_to_io(fdpass::send(self.stream.as_fd(), rest, fds))
-                })
-                .await
-                .map_err(|err| ProtoError::io("waiting to send on the control socket", err))??;
+            let socket = self.stream.get_ref();
+            let sent = match fdpass::send(socket.as_fd(), rest, fds) {
+                Err(ProtoError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    wait_writable(socket).await.map_err(|err| {
+                        ProtoError::io("waiting to send on the control socket", err)
+                    })?;
+                    continue;
+                }
+                other => other?,
+            };
             if sent == 0 {
                 return Err(ProtoError::io(
                     "sending to the control socket",
@@ -237,7 +252,7 @@ impl<Out: Message> ControlSender<Out> {
 /// The receiving side; one task owns it.
 #[derive(Debug)]
 pub struct ControlReceiver<In> {
-    stream: Arc<UnixStream>,
+    stream: Arc<Socket>,
     /// Received bytes not yet returned as messages; `buf[0]` is stream
     /// offset `base`.
     buf: Vec<u8>,
@@ -274,8 +289,8 @@ impl<In: Message> ControlReceiver<In> {
                 ..
             } = self;
             let (n, fds) = stream
-                .async_io(Interest::READABLE, || {
-                    would_block_to_io(fdpass::recv(stream.as_fd(), chunk))
+                .async_io(Interest::READABLE, |socket| {
+                    would_block_to_io(fdpass::recv(socket.as_fd(), chunk))
                 })
                 .await
                 .map_err(|err| ProtoError::io("waiting to receive on the control socket", err))??;
@@ -321,8 +336,20 @@ impl<In: Message> ControlReceiver<In> {
 
 impl<In> AsFd for ControlReceiver<In> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
+        self.stream.get_ref().as_fd()
     }
+}
+
+/// Waits until `socket` has send space, through a duplicate registered for
+/// writing only while it waits (see [`Socket`]). Only a peer that stopped
+/// reading fills the socket, so the two extra syscalls are off every
+/// normal path.
+async fn wait_writable(socket: &StdUnixStream) -> io::Result<()> {
+    // SAFETY: the AsyncFd owns the duplicate, so its fd stays open and the
+    // same for as long as it is registered.
+    let dup = unsafe { AsyncFd::register_with_interest(socket.try_clone()?, Interest::WRITABLE) }?;
+    dup.writable().await?.retain_ready();
+    Ok(())
 }
 
 /// Splits a [`fdpass`] result for `async_io`: `WouldBlock` goes out as the

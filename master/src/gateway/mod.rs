@@ -29,10 +29,11 @@ use bindings::Bindings;
 /// Accepted sockets stay plain std sockets: they only pass through the
 /// master, so registering each with the runtime (and deregistering it before
 /// the handoff) would be two wasted syscalls on every connection's path.
-pub struct Listener(AsyncFd<std::net::TcpListener>);
+struct Listener(AsyncFd<std::net::TcpListener>);
 
 impl Listener {
-    pub fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
+    /// Must be called within the runtime that will poll it.
+    fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         // SAFETY: the AsyncFd owns the listener, so its fd stays open and
         // the same for as long as it is registered.
@@ -57,8 +58,35 @@ impl Gateway {
         })
     }
 
+    /// Serves `listener` on a thread of its own, with a single-threaded
+    /// runtime, until `stop`.
+    ///
+    /// On the master's multi-threaded runtime a woken accept task also woke
+    /// a second runtime thread (a `futex` call on 3 of 4 handoffs, strace),
+    /// which then competed with the worker for the CPU the handoff needs
+    /// next. Here the accept → peek → `SCM_RIGHTS` path is one thread that
+    /// sleeps in `epoll_wait` and nothing else. The rest of the master is
+    /// reached through runtime-independent primitives (locks, channels, and
+    /// the control socket's readiness, which the main runtime drives).
+    pub fn spawn(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _in_rt = rt.enter();
+            Listener::new(listener)?
+        };
+        std::thread::Builder::new()
+            .name("drover-gateway".into())
+            .spawn(move || rt.block_on(self.run(listener, stop)))
+    }
+
     /// Accepts until `stop`; accept errors back off instead of spinning.
-    pub async fn run(self: Arc<Self>, listener: Listener, stop: CancellationToken) {
+    async fn run(self: Arc<Self>, listener: Listener, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(10);
         loop {
             let mut ready = tokio::select! {
