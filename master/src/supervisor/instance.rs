@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
-use super::backoff::{self, Next, Policy};
+use super::backoff::{Next, Policy};
 use super::handoffs::{Handed, InFlight};
 use super::listeners::{self, Listeners};
 use super::log_budget::{LogBudget, LogVerdict, clip};
@@ -318,9 +318,10 @@ impl Task {
                             self.drop_carried("the worker keeps failing");
                             self.set(|s| s.status = Status::Error);
                             self.transition(WorkerState::Failed);
-                            tracing::error!(instance = %self.inst.id, "worker keeps failing; marked failed, retrying every 5 min");
+                            let every = self.shared.failed_retry;
+                            tracing::error!(instance = %self.inst.id, retry_every = %proto::duration::format(every), "worker keeps failing; marked failed");
                             loop {
-                                match self.wait_command(backoff::FAILED_RETRY).await {
+                                match self.wait_command(every).await {
                                     None | Some(Command::Restart) | Some(Command::Start(_)) => {
                                         break;
                                     }
