@@ -664,6 +664,16 @@ class ControlPlane:
         self.victims_ready = time.monotonic()
         return victims
 
+    def _probe(self, name: str, port: int, interval_ms: int, seconds: int) -> procs.Proc:
+        """`drover-bench probe` on `port` until its stdin closes (see `_finish_probe`)."""
+        return procs.start(
+            name,
+            [self.bench_bin, "probe", "--addr", procs.addr(port), "--interval-ms", str(interval_ms), "--timeout-ms", "3000", "--seconds", str(seconds)],
+            self.workdir,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
+
     def restart(self, m: Master, victims: list[dict]) -> None:
         # A worker that ran ≥ 10 s is restarted at once (DESIGN §2).
         wait = self.victims_ready + 11 - time.monotonic()
@@ -672,13 +682,7 @@ class ControlPlane:
         lat_ms, api_ms, refused_total, cut_total, samples = [], [], 0, 0, []
         by = self.bystander
         by_pid = (m.api.get(by["id"]).get("worker") or {}).get("pid")
-        by_probe = procs.start(
-            f"probe-bystander-{by['port']}",
-            [self.bench_bin, "probe", "--addr", procs.addr(by["port"]), "--interval-ms", "2", "--timeout-ms", "3000", "--seconds", "900"],
-            self.workdir,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.PIPE,
-        )
+        by_probe = self._probe(f"probe-bystander-{by['port']}", by["port"], interval_ms=2, seconds=900)
         transfer = _PacedTransfer(by["port"])
         for vi in victims:
             if time.monotonic() > self.deadline:
@@ -688,13 +692,7 @@ class ControlPlane:
             if not pid:
                 self.out["errors"].append(f"restart: {vi['id']} has no pid ({v['worker']})")
                 continue
-            probe = procs.start(
-                f"probe-{vi['port']}",
-                [self.bench_bin, "probe", "--addr", procs.addr(vi["port"]), "--interval-ms", "1", "--timeout-ms", "3000", "--seconds", "60"],
-                self.workdir,
-                stdout=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-            )
+            probe = self._probe(f"probe-{vi['port']}", vi["port"], interval_ms=1, seconds=60)
             time.sleep(0.1)
             refused = cut = 0
             t0 = time.perf_counter()

@@ -202,13 +202,11 @@ fn create_instance(master: &Running, addr: SocketAddr) -> String {
         .lines()
         .find_map(|l| Some(l[l.find(MARKER)? + MARKER.len()..].trim().to_string()))
         .unwrap_or_else(|| panic!("no {MARKER:?} in the master's log\n{}", master.dump()));
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(DEADLINE)
-        .build()
-        .expect("HTTP client");
-    let api = Api::new(http, format!("http://{addr}/api"), Some(key));
+    let api = Api::new(
+        drover_e2e::api::http_client(),
+        format!("http://{addr}/api"),
+        Some(key),
+    );
     let url = format!("client://{}/127.0.0.1:1?mode=1", free_addr());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -178,12 +178,7 @@ impl Master {
             tx.clone(),
         );
         spawn_reader(child.stderr.take().expect("piped stderr"), log.clone(), tx);
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(DEADLINE)
-            .build()
-            .expect("building the HTTP client");
+        let http = crate::api::http_client();
         let mut master = Master {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             prefix: String::new(),
