@@ -1,7 +1,8 @@
-//! The master URL: `master://[HOST]:PORT[/PREFIX]?log=&tls=&crt=&key=&gateway=&gateway_default=&lru=`.
+//! The master URL: `master://[HOST]:PORT[/PREFIX]?log=&tls=&crt=&key=&gateway=&gateway_default=&lru=&tenant_mem=&tenant_pids=&grace=&retry_failed=`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use proto::spec::LogLevel;
 use proto::url;
@@ -28,8 +29,20 @@ pub struct Config {
     pub gateway_default: Option<String>,
     pub lru: usize,
     /// Per-tenant cgroup limits (`tenant_mem`, `tenant_pids`).
-    pub tenant_limits: crate::supervisor::isolation::TenantLimits,
+    pub tenant_limits: crate::supervisor::isolation::LimitsConfig,
+    /// How long a stopped worker may drain before SIGTERM (`grace`).
+    pub grace: Duration,
+    /// How often a `failed` instance is tried again (`retry_failed`).
+    pub retry_failed: Duration,
 }
+
+/// Default of `grace=`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Longest `grace=` accepted.
+const MAX_GRACE: Duration = Duration::from_secs(600);
+/// Bounds of `retry_failed=`.
+const RETRY_FAILED_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(86_400);
 
 /// A master URL that cannot be used, naming the part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +109,8 @@ impl Config {
             gateway_default: None,
             lru: 10_000,
             tenant_limits: Default::default(),
+            grace: DEFAULT_GRACE,
+            retry_failed: crate::supervisor::backoff::FAILED_RETRY,
         };
         for (name, value) in form_pairs(raw.query) {
             let value = value.as_str();
@@ -128,23 +143,44 @@ impl Config {
                         })?
                 }
                 "tenant_mem" => {
-                    cfg.tenant_limits.memory = Some(parse_bytes(value).ok_or_else(|| {
+                    let (tenant, size) = tenant_value(value, "tenant_mem").map_err(bad)?;
+                    let bytes = parse_bytes(size).ok_or_else(|| {
                         bad(format!(
-                            "param tenant_mem: {value:?} is not a size like 64M or 1G"
+                            "param tenant_mem: {size:?} is not a size like 64M or 1G"
                         ))
-                    })?)
+                    })?;
+                    cfg.tenant_limits_mut(tenant).memory = Some(bytes);
                 }
                 "tenant_pids" => {
-                    cfg.tenant_limits.pids =
-                        Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    let (tenant, n) = tenant_value(value, "tenant_pids").map_err(bad)?;
+                    let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        bad(format!("param tenant_pids: {n:?} is not a positive integer"))
+                    })?;
+                    cfg.tenant_limits_mut(tenant).pids = Some(n);
+                }
+                "grace" => {
+                    cfg.grace = proto::duration::parse(value)
+                        .ok()
+                        .filter(|d| *d <= MAX_GRACE)
+                        .ok_or_else(|| {
                             bad(format!(
-                                "param tenant_pids: {value:?} is not a positive integer"
+                                "param grace: {value:?} is not a duration up to 10m (e.g. 10s)"
                             ))
-                        })?)
+                        })?
+                }
+                "retry_failed" => {
+                    cfg.retry_failed = proto::duration::parse(value)
+                        .ok()
+                        .filter(|d| RETRY_FAILED_RANGE.contains(d))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "param retry_failed: {value:?} is not a duration from 1s to 24h (e.g. 5m)"
+                            ))
+                        })?
                 }
                 other => {
                     return Err(bad(format!(
-                        "param {other}: unknown parameter (known: log tls crt key gateway gateway_default lru tenant_mem tenant_pids)"
+                        "param {other}: unknown parameter (known: log tls crt key gateway gateway_default lru tenant_mem tenant_pids grace retry_failed)"
                     )));
                 }
             }
@@ -157,6 +193,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The limits `tenant_mem`/`tenant_pids` set: the default, or `tenant`'s own.
+    fn tenant_limits_mut(
+        &mut self,
+        tenant: Option<&str>,
+    ) -> &mut crate::supervisor::isolation::TenantLimits {
+        match tenant {
+            None => &mut self.tenant_limits.default,
+            Some(t) => self.tenant_limits.tenants.entry(t.to_string()).or_default(),
+        }
+    }
+
     /// Where the API listens.
     pub fn listen_addr(&self) -> SocketAddr {
         let ip = match self.host.as_str() {
@@ -165,6 +212,17 @@ impl Config {
             h => h.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         };
         SocketAddr::new(ip, self.port)
+    }
+}
+
+/// `VALUE` (for every tenant) or `TENANT:VALUE` (that tenant's own).
+fn tenant_value<'a>(v: &'a str, param: &str) -> Result<(Option<&'a str>, &'a str), String> {
+    match v.split_once(':') {
+        None => Ok((None, v)),
+        Some((t, _)) if !crate::supervisor::valid_tenant(t) => Err(format!(
+            "param {param}: tenant {t:?} is not [a-z0-9_-]{{1,32}}"
+        )),
+        Some((t, rest)) => Ok((Some(t), rest)),
     }
 }
 
@@ -237,6 +295,42 @@ mod tests {
         );
     }
 
+    /// `tenant_mem`/`tenant_pids` set the default, or with `tenant:` one
+    /// tenant's own; repeatable.
+    #[test]
+    fn tenant_limits() {
+        let c = Config::parse(
+            "master://:9090?tenant_mem=64M&tenant_pids=100&tenant_mem=alice:1G&tenant_pids=bob:5",
+        )
+        .unwrap();
+        let l = &c.tenant_limits;
+        assert_eq!(l.of("carol").memory, Some(64 << 20));
+        assert_eq!(l.of("alice").memory, Some(1 << 30));
+        assert_eq!(l.of("alice").pids, Some(100));
+        assert_eq!(l.of("bob").pids, Some(5));
+        assert_eq!(l.of("bob").memory, Some(64 << 20));
+    }
+
+    /// `retry_failed=` takes a duration; 5 min without it.
+    #[test]
+    fn retry_failed() {
+        let c = Config::parse("master://:9090").unwrap();
+        assert_eq!(c.retry_failed, Duration::from_secs(300));
+        let c = Config::parse("master://:9090?retry_failed=2s").unwrap();
+        assert_eq!(c.retry_failed, Duration::from_secs(2));
+    }
+
+    /// `grace=` takes a duration; 10 s without it.
+    #[test]
+    fn grace() {
+        let c = Config::parse("master://:9090").unwrap();
+        assert_eq!(c.grace, DEFAULT_GRACE);
+        let c = Config::parse("master://:9090?grace=1500ms").unwrap();
+        assert_eq!(c.grace, Duration::from_millis(1500));
+        let c = Config::parse("master://:9090?grace=0").unwrap();
+        assert_eq!(c.grace, Duration::ZERO);
+    }
+
     /// Bad URLs name the part.
     #[test]
     fn rejects() {
@@ -247,6 +341,14 @@ mod tests {
             ("master://:9090?bogus=1", "param bogus"),
             ("master://:9090?log=loud", "param log"),
             ("master://:9090/a b", "prefix"),
+            ("master://:9090?grace=forever", "param grace"),
+            ("master://:9090?grace=11m", "param grace"),
+            ("master://:9090?retry_failed=0", "param retry_failed"),
+            ("master://:9090?tenant_mem=Alice:1G", "param tenant_mem"),
+            ("master://:9090?tenant_mem=alice:lots", "param tenant_mem"),
+            ("master://:9090?tenant_pids=alice:0", "param tenant_pids"),
+            ("master://:9090?retry_failed=25h", "param retry_failed"),
+            ("master://:9090?retry_failed=", "param retry_failed"),
         ] {
             let e = Config::parse(u).unwrap_err();
             assert!(e.0.starts_with(part), "{u}: {e}");

@@ -33,8 +33,6 @@ use crate::systemd;
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How often changed counters are written (and then shown).
 pub const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
-/// Workers get this long to drain when stopped.
-pub const GRACE: Duration = Duration::from_secs(10);
 /// SSE events kept for `Last-Event-ID` resume.
 const REPLAY: usize = 4096;
 
@@ -152,8 +150,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         worker_bin: spawn::worker_binary(),
         log: cfg.log_text.clone(),
         stats_interval: STATS_INTERVAL,
-        grace: GRACE,
-        isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits),
+        grace: cfg.grace,
+        failed_retry: cfg.retry_failed,
+        isolation: Isolation::detect(&store, tenant_root(), cfg.tenant_limits.clone()),
         metrics,
         runtime: tokio::runtime::Handle::current(),
         spares: Default::default(),
@@ -234,7 +233,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let server_task = tokio::spawn(server);
 
     // The supervisor's periodic loop beats the heartbeat; if it gets stuck the
-    // watchdog pings stop and systemd restarts the service.
+    // watchdog pings stop and systemd restarts the service. Each round takes
+    // every instance's state lock and writes the store on the runtime the
+    // instance tasks run on, so a deadlocked instance, a wedged store or a
+    // starved runtime all stop the beats.
     let heartbeat = systemd::Heartbeat::new(STATS_INTERVAL);
     let persist = {
         let sup = sup.clone();

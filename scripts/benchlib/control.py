@@ -17,7 +17,10 @@ Phases (each bounded in time; instances are single-end clients
    one long iperf3 transfer through the gateway versus the entry port.
 4. Restart after `kill -9` of a worker: time from the kill to the first byte
    echoed by the replacement worker, and connections refused meanwhile (a probe
-   keeps connecting to that instance's port through each kill).
+   keeps connecting to that instance's port through each kill). Another
+   instance is under load through all the kills (a probe loop of fresh
+   connections and one long paced transfer, hashed both ways): its errors
+   must be 0.
 5. Scale: many instances created and running (time, master RSS, total worker
    RSS, GET /instances latency) — on a fresh master.
 6. Gateway at scale, on a fresh master: many `idle=1s` instances left to
@@ -29,6 +32,7 @@ Phases (each bounded in time; instances are single-end clients
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import http.client
 import json
 import os
@@ -651,11 +655,24 @@ class ControlPlane:
             port = self.ports.take()
             v = m.api.create(single_end_url(port, self.echo_port))
             victims.append({"id": v["id"], "port": port})
-        for vi in victims:
+        # The bystander: never killed, under load while the others are.
+        port = self.ports.take()
+        self.bystander = {"id": m.api.create(single_end_url(port, self.echo_port))["id"], "port": port}
+        for vi in [*victims, self.bystander]:
             if m.api.wait_state(vi["id"], {"ready"}, timeout=20) is None:
                 self.out["errors"].append(f"restart: victim {vi['id']} not ready")
         self.victims_ready = time.monotonic()
         return victims
+
+    def _probe(self, name: str, port: int, interval_ms: int, seconds: int) -> procs.Proc:
+        """`drover-bench probe` on `port` until its stdin closes (see `_finish_probe`)."""
+        return procs.start(
+            name,
+            [self.bench_bin, "probe", "--addr", procs.addr(port), "--interval-ms", str(interval_ms), "--timeout-ms", "3000", "--seconds", str(seconds)],
+            self.workdir,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
 
     def restart(self, m: Master, victims: list[dict]) -> None:
         # A worker that ran ≥ 10 s is restarted at once (DESIGN §2).
@@ -663,6 +680,10 @@ class ControlPlane:
         if wait > 0:
             time.sleep(wait)
         lat_ms, api_ms, refused_total, cut_total, samples = [], [], 0, 0, []
+        by = self.bystander
+        by_pid = (m.api.get(by["id"]).get("worker") or {}).get("pid")
+        by_probe = self._probe(f"probe-bystander-{by['port']}", by["port"], interval_ms=2, seconds=900)
+        transfer = _PacedTransfer(by["port"])
         for vi in victims:
             if time.monotonic() > self.deadline:
                 break
@@ -671,13 +692,7 @@ class ControlPlane:
             if not pid:
                 self.out["errors"].append(f"restart: {vi['id']} has no pid ({v['worker']})")
                 continue
-            probe = procs.start(
-                f"probe-{vi['port']}",
-                [self.bench_bin, "probe", "--addr", procs.addr(vi["port"]), "--interval-ms", "1", "--timeout-ms", "3000", "--seconds", "60"],
-                self.workdir,
-                stdout=subprocess.PIPE,
-                stdin=subprocess.PIPE,
-            )
+            probe = self._probe(f"probe-{vi['port']}", vi["port"], interval_ms=1, seconds=60)
             time.sleep(0.1)
             refused = cut = 0
             t0 = time.perf_counter()
@@ -721,7 +736,27 @@ class ControlPlane:
             if new_pid == pid or new_pid is None:
                 self.out["errors"].append(f"restart: {vi['id']} pid {pid} not replaced ({nv and nv['worker']})")
             time.sleep(0.2)
-        for vi in victims:
+        tr = transfer.finish()
+        bp = _finish_probe(by_probe)
+        procs.stop_sessions([by_probe], grace=1)
+        bo = bp.get("outcomes", {})
+        probe_errors = sum(v for k, v in bo.items() if k != "ok") + (1 if bp.get("error") else 0)
+        bv = m.api.get(by["id"]).get("worker") or {}
+        restarted = int(bv.get("pid") != by_pid or bool(bv.get("restarts")))
+        others = {
+            "instances": 1,
+            "probe_attempts": bp.get("attempts"),
+            "probe_errors": probe_errors,
+            "probe_failures": bp.get("failures", [])[:5],
+            "transfer_bytes": tr["bytes"],
+            "transfer_error": tr["error"],
+            "transfer_hash_ok": tr["hash_ok"],
+            "restarted": restarted,
+            "errors": probe_errors + (0 if tr["error"] is None and tr["hash_ok"] else 1) + restarted,
+        }
+        if others["errors"]:
+            self.out["errors"].append(f"restart: {others['errors']} errors on the other instance ({others})")
+        for vi in [*victims, by]:
             m.api.delete(vi["id"])
         self.out["restart"] = {
             "kills": len(samples),
@@ -729,6 +764,7 @@ class ControlPlane:
             "api_ready_ms": _summ(api_ms),
             "refused": refused_total,
             "cut": cut_total,
+            "others": others,
             "samples": samples,
         }
 
@@ -937,6 +973,62 @@ def _echo(port: int, payload: bytes, timeout: float) -> bool:
             return got == payload
     except OSError:
         return False
+
+
+class _PacedTransfer:
+    """One long echo transfer on one connection to 127.0.0.1:`port`: a
+    64 KiB chunk every 10 ms from a writer thread, a reader thread hashing
+    what comes back; `finish` half-closes, waits for the rest and compares
+    SHA-256 and length both ways."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, port: int):
+        self.stop_flag = False
+        self.error: str | None = None
+        self.sent, self.back = hashlib.sha256(), hashlib.sha256()
+        self.n_sent = self.n_back = 0
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.settimeout(30)
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.writer.start()
+        self.reader.start()
+
+    def _write(self):
+        i = 0
+        try:
+            while not self.stop_flag:
+                chunk = bytes([(i * 7 + j) % 251 for j in range(256)]) * (self.CHUNK // 256)
+                self.sock.sendall(chunk)
+                self.sent.update(chunk)
+                self.n_sent += len(chunk)
+                i += 1
+                time.sleep(0.01)
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            self.error = self.error or f"write after {self.n_sent} bytes: {e}"
+
+    def _read(self):
+        try:
+            while True:
+                c = self.sock.recv(1 << 16)
+                if not c:
+                    return
+                self.back.update(c)
+                self.n_back += len(c)
+        except OSError as e:
+            self.error = self.error or f"read after {self.n_back} bytes: {e}"
+
+    def finish(self) -> dict:
+        self.stop_flag = True
+        self.writer.join(timeout=30)
+        self.reader.join(timeout=60)
+        if self.reader.is_alive() and self.error is None:
+            self.error = f"no EOF after {self.n_back} of {self.n_sent} bytes"
+        self.sock.close()
+        ok = self.n_back == self.n_sent and self.sent.digest() == self.back.digest()
+        return {"bytes": self.n_sent, "hash_ok": ok, "error": self.error}
 
 
 def _finish_probe(probe: procs.Proc) -> dict:

@@ -137,6 +137,9 @@ def evaluate(results: dict) -> list[dict]:
     if rs.get("served_ms"):
         add("restart after kill -9 ≤ 250 ms p50", f"p50 {rs['served_ms']['p50']:.1f} ms, p99 {rs['served_ms']['p99']:.1f} ms over {rs['kills']} kills", rs["served_ms"]["p50"] <= 250)
         add("0 refused connections during restarts", f"{rs['refused']} refused", rs["refused"] == 0)
+        ot = rs.get("others")
+        if ot:
+            add("0 errors on other instances across the kills", f"{ot['errors']} errors ({ot['probe_attempts']} probe connections, {ot['transfer_bytes'] / 2**20:.1f} MiB transfer)", ot["errors"] == 0)
     else:
         add("restart after kill -9 ≤ 250 ms p50, 0 refused", "not measured", None)
     gw = cp.get("gateway") or {}
@@ -403,6 +406,9 @@ def control_table(results: dict) -> list[str]:
         row("kill → API shows the new worker `ready` p50, ms", _ms(ar), ar and ar["n"])
         row("connections refused during the restarts", rs.get("refused"), rs.get("kills"), "0", rs.get("refused") == 0)
         row("connections cut (reset / EOF / timeout) during the restarts", rs.get("cut"), rs.get("kills"))
+        ot = rs.get("others") or {}
+        if ot:
+            row("errors on other instances (probe connections + long transfer, hash checked) across the kills", ot.get("errors"), ot.get("probe_attempts"), "0", ot.get("errors") == 0)
 
     gw = cp.get("gateway") or {}
     if gw:
@@ -577,6 +583,10 @@ scripts/bench                   # full run, ≤ 25 minutes on 2 cores, report he
   purpose). During each kill a probe (`drover-bench probe`) keeps opening connections to that
   instance's port every 1 ms; "refused" counts `ECONNREFUSED`, "cut" counts connections that were
   reset, closed early or timed out (connections in flight when a worker is SIGKILLed are lost).
+  Meanwhile another instance is under load through all the kills: a probe of fresh connections
+  every 2 ms and one long transfer (64 KiB every 10 ms, SHA-256 compared both ways); "errors on
+  other instances" counts its failed connections, a broken or altered transfer, and a restart of
+  its worker (n = its probe connections).
 - **Reading the numbers.** Load generator, forwarder and backend share the same cores, so a
   forwarder's throughput is bounded by the CPU it leaves to iperf3: CPU per GB is the better
   efficiency figure. Compare ratios within one run; absolute numbers move between runs on a

@@ -32,7 +32,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use drover_e2e::api::{id_of, worker_pid};
-use drover_e2e::evil::{Behaviour, DONE_TCPS, STDERR_DONE, evil_worker_bin};
+use drover_e2e::evil::{Behaviour, DONE_TCPS, STDERR_DONE, create_evil, evil_worker_bin};
 use drover_e2e::lifecycle::{echo_attempt, wait_instance, wait_ready};
 use drover_e2e::master::DEFAULT_URL;
 use drover_e2e::procs::{proc_alive, tcp_port_free, udp_port_free};
@@ -116,13 +116,6 @@ impl Bystander {
         assert_eq!(worker_pid(&v), Some(first_pid), "bystander restarted: {v}");
         assert_eq!(v["worker"]["restarts"], 0, "bystander restarted: {v}");
     }
-}
-
-/// An evil instance: a forward-mode server whose key names `b` (the master
-/// binds only its tunnel port, so it asks nothing of other instances).
-async fn create_evil(api: &Api, b: &Behaviour) -> String {
-    let url = format!("server://{}@{}/127.0.0.1:1?mode=2", b.key(), free_addr());
-    id_of(&api.create_url(&url).await)
 }
 
 /// Pids of the workers the master spawned for `id` so far (its log).

@@ -9,11 +9,18 @@
 //!    master log line. A busy worker that still answers pings is not killed.
 //! 2. A crash loop (a `tls=2` server whose certificate file is deleted: every
 //!    start fails at once) backs off and ends `failed`/`error` after five
-//!    short runs, visible in the API and over SSE; `PATCH restart` recovers
-//!    it once the file is back.
+//!    short runs, visible in the API and over SSE; `PATCH restart` or
+//!    `PATCH start` recovers it once the file is back, and so does the
+//!    master's own periodic retry (`retry_failed=`).
 //! 3. `kill -9` of the master: its workers are gone within 2 s, every port
 //!    can be bound again, and a new master on the same data dir runs the
 //!    instances again.
+//! 4. UDP: datagrams sent while a `kill -9`ed worker is down wait in the
+//!    master's socket and are answered by the replacement, each by its own
+//!    echo; a worker that had run ≥ 10 s is replaced at once (no `backoff`).
+//! 5. A stop escalates: a worker that ignores `Shutdown` gets SIGTERM once
+//!    the grace has passed, one that ignores SIGTERM too gets SIGKILL of its
+//!    process group 5 s later; `last_exit` and SSE say so, nothing is left.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -31,14 +38,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use drover_e2e::api::{ReversePair, id_of, worker_pid, worker_state};
-use drover_e2e::io::assert_echo;
+use drover_e2e::evil::{Behaviour, CHILD_REPORT, create_evil, evil_worker_bin};
+use drover_e2e::io::{assert_echo, udp_connected, udp_recv, udp_warm_up};
 use drover_e2e::lifecycle::{
     all_exited, all_stopped, echo_attempt, tcp_listening, tcp_sockets_on, wait_instance,
     wait_ready, worker_processes,
 };
+use drover_e2e::master::DEFAULT_URL;
 use drover_e2e::procs::{proc_alive, tcp_port_free, udp_port_free};
 use drover_e2e::tls::make_pki;
-use drover_e2e::{Api, DEADLINE, EchoServer, Master, SseStream, free_addr, pattern, wait_until};
+use drover_e2e::{
+    Api, DEADLINE, EchoServer, Master, SseStream, UdpEchoServer, free_addr, pattern, wait_until,
+};
 
 /// One connection attempt may wait this long: through a hang (up to 20 s
 /// until the master's ping timer sees 15 s without a `Pong`) plus a restart.
@@ -48,6 +59,13 @@ const ATTEMPT_DEADLINE: Duration = Duration::from_secs(60);
 const OUTAGE_DEADLINE: Duration = Duration::from_secs(90);
 /// Five short runs with back-off 1 + 2 + 4 + 8 s (±20 %), then `failed`.
 const CRASH_LOOP_DEADLINE: Duration = Duration::from_secs(90);
+/// Datagrams each of two clients sends while the UDP worker is down (well
+/// within a socket receive buffer).
+const OUTAGE_DATAGRAMS: usize = 20;
+/// A run this long counts as healthy (the master's `HEALTHY_RUN`).
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// The master's wait between SIGTERM and SIGKILL of a stopping worker.
+const TERM_WAIT: Duration = Duration::from_secs(5);
 /// How long after the master's death its workers may still run (DESIGN §1).
 const ORPHAN_DEADLINE: Duration = Duration::from_secs(2);
 /// Sequential connections to A before the signal (steady load).
@@ -497,61 +515,99 @@ async fn hung_worker_is_killed_and_replaced_busy_one_is_not() {
     worker_outage_under_load(Signal::SIGSTOP, "signal 9 (SIGKILL): hung: no Pong in 15 s").await;
 }
 
-/// A `tls=2` server whose certificate file disappears: every start fails at
-/// once (the worker reports `Fatal` and exits 1). After five short runs with
-/// back-off the instance is `failed` (`status: error`), in the API and over
-/// SSE; with the file back, `PATCH {"action":"restart"}` brings it up.
-/// Slow: the back-off alone is about 15 s.
+/// A `tls=2` server whose certificate file is deleted, then its worker
+/// killed: every start from then on fails at once (the worker reports
+/// `Fatal` and exits 1).
+struct CrashLoop {
+    id: String,
+    pid: u32,
+    pki: drover_e2e::tls::TestPki,
+    cert: Vec<u8>,
+}
+
+impl CrashLoop {
+    /// Creates the instance and waits until it is ready (certificate in place).
+    async fn create(api: &Api, alias: &str) -> CrashLoop {
+        let pki = make_pki("localhost");
+        // Under isolation the worker runs as a tenant uid: let it read the files.
+        std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod pki dir");
+        for f in [&pki.cert_pem, &pki.key_pem] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let (tunnel, entrance) = (free_addr(), free_addr());
+        let url = format!(
+            "server://{tunnel}/{entrance}?mode=1&tls=2&crt={}&key={}",
+            pki.cert_pem.display(),
+            pki.key_pem.display()
+        );
+        let id = id_of(&api.create(json!({ "url": url, "alias": alias })).await);
+        let (pid, _) = wait_ready(api, &id, None, DEADLINE).await;
+        let cert = std::fs::read(&pki.cert_pem).expect("read cert");
+        CrashLoop { id, pid, pki, cert }
+    }
+
+    /// The cause: the certificate is gone; then the worker dies.
+    fn break_it(&self) {
+        std::fs::remove_file(&self.pki.cert_pem).expect("remove cert");
+        signal_pid(self.pid, Signal::SIGKILL);
+    }
+
+    /// The cause fixed.
+    fn fix(&self) {
+        std::fs::write(&self.pki.cert_pem, &self.cert).expect("restore cert");
+        std::fs::set_permissions(&self.pki.cert_pem, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+
+    /// Waits until the instance is `failed`; asserts what the API shows.
+    async fn wait_failed(&self, api: &Api) -> Value {
+        let failed = wait_instance(api, &self.id, CRASH_LOOP_DEADLINE, "is failed", |v| {
+            worker_state(v) == "failed"
+        })
+        .await;
+        assert_eq!(failed["status"], "error", "failed instance: {failed}");
+        assert!(
+            failed["worker"]["pid"].is_null(),
+            "failed instance: {failed}"
+        );
+        // The kill, then four crashes (a first run of 10 s or more would not
+        // count as short: one more).
+        let restarts = failed["worker"]["restarts"].as_u64().expect("restarts");
+        assert!(
+            (5..=6).contains(&restarts),
+            "restarts when failed: {failed}"
+        );
+        let last_exit = failed["worker"]["last_exit"].as_str().unwrap_or_default();
+        assert!(
+            last_exit.starts_with("exit 1: ") && last_exit.contains("server.pem"),
+            "last_exit {last_exit:?} should be `exit 1: <the worker's fatal message naming the file>`"
+        );
+        failed
+    }
+}
+
+/// Two `tls=2` servers whose certificate files disappear (see [`CrashLoop`]).
+/// After five short runs with back-off each is `failed` (`status: error`),
+/// in the API and over SSE, and no worker runs for it; with the files back,
+/// `PATCH {"action":"restart"}` brings one up and `PATCH {"action":"start"}`
+/// the other. Slow: the back-off alone is about 15 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_loop_ends_failed_and_restart_recovers() {
+async fn crash_loop_ends_failed_and_restart_or_start_recovers() {
     let started = tokio::time::Instant::now();
     let master = Master::start().await;
     let api = master.api();
-    let pki = make_pki("localhost");
-    // Under isolation the worker runs as a tenant uid: let it read the files.
-    std::fs::set_permissions(pki.dir.path(), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod pki dir");
-    for f in [&pki.cert_pem, &pki.key_pem] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    }
-    let (tunnel, entrance) = (free_addr(), free_addr());
-    let url = format!(
-        "server://{tunnel}/{entrance}?mode=1&tls=2&crt={}&key={}",
-        pki.cert_pem.display(),
-        pki.key_pem.display()
-    );
-    let id = id_of(&api.create(json!({ "url": url, "alias": "tls2" })).await);
-    let (pid, _) = wait_ready(&api, &id, None, DEADLINE).await;
+    let by_restart = CrashLoop::create(&api, "tls2-restart").await;
+    let by_start = CrashLoop::create(&api, "tls2-start").await;
 
-    // The cause: the certificate is gone; then the worker dies.
-    let cert = std::fs::read(&pki.cert_pem).expect("read cert");
-    std::fs::remove_file(&pki.cert_pem).expect("remove cert");
     let mut sse = master.events().await;
     let t0 = tokio::time::Instant::now();
-    signal_pid(pid, Signal::SIGKILL);
-
-    let failed = wait_instance(&api, &id, CRASH_LOOP_DEADLINE, "is failed", |v| {
-        worker_state(v) == "failed"
-    })
-    .await;
+    by_restart.break_it();
+    by_start.break_it();
+    let failed = by_restart.wait_failed(&api).await;
     let to_failed = t0.elapsed();
-    assert_eq!(failed["status"], "error", "failed instance: {failed}");
-    assert!(
-        failed["worker"]["pid"].is_null(),
-        "failed instance: {failed}"
-    );
-    // The kill, then four crashes (a first run of 10 s or more would not
-    // count as short: one more).
-    let restarts = failed["worker"]["restarts"].as_u64().expect("restarts");
-    assert!(
-        (5..=6).contains(&restarts),
-        "restarts when failed: {failed}"
-    );
-    let last_exit = failed["worker"]["last_exit"].as_str().unwrap_or_default();
-    assert!(
-        last_exit.starts_with("exit 1: ") && last_exit.contains("server.pem"),
-        "last_exit {last_exit:?} should be `exit 1: <the worker's fatal message naming the file>`"
-    );
+    by_start.wait_failed(&api).await;
+    let id = by_restart.id.clone();
     assert!(
         api.logs(&id, 1000)
             .await
@@ -562,17 +618,17 @@ async fn crash_loop_ends_failed_and_restart_recovers() {
     );
 
     // SSE: updates through backoff to failed/error.
-    let of = |e: &drover_e2e::Event| {
-        e.kind() == "update" && e.instance_id().as_deref() == Some(id.as_str())
+    let of = |e: &drover_e2e::Event, id: &str| {
+        e.kind() == "update" && e.instance_id().as_deref() == Some(id)
     };
     sse.wait_event("update: failed with status error", DEADLINE, |e| {
-        of(e) && worker_state(&e.instance()) == "failed" && e.instance()["status"] == "error"
+        of(e, &id) && worker_state(&e.instance()) == "failed" && e.instance()["status"] == "error"
     })
     .await;
     let states: Vec<String> = sse
         .history
         .iter()
-        .filter(|e| of(e))
+        .filter(|e| of(e, &id))
         .map(|e| worker_state(&e.instance()))
         .collect();
     let backoffs = states.iter().filter(|s| *s == "backoff").count();
@@ -584,7 +640,7 @@ async fn crash_loop_ends_failed_and_restart_recovers() {
         .history
         .iter()
         .filter(|e| {
-            of(e)
+            of(e, &id)
                 && e.instance()["worker"]["last_exit"]
                     .as_str()
                     .is_some_and(|x| x.starts_with("exit 1"))
@@ -596,32 +652,76 @@ async fn crash_loop_ends_failed_and_restart_recovers() {
     );
 
     // Failed means no worker is started behind the operator's back.
+    let ids = [by_restart.id.clone(), by_start.id.clone()];
     assert!(
-        worker_processes(std::slice::from_ref(&id)).is_empty(),
-        "a worker runs for the failed instance"
+        worker_processes(&ids).is_empty(),
+        "a worker runs for a failed instance"
     );
 
-    // The cause fixed, an operator restart recovers it.
-    std::fs::write(&pki.cert_pem, &cert).expect("restore cert");
-    std::fs::set_permissions(&pki.cert_pem, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let answer = api
-        .patch_instance(&id, json!({ "action": "restart" }))
+    // The cause fixed, an operator restart or start recovers it.
+    for (crash, action) in [(&by_restart, "restart"), (&by_start, "start")] {
+        crash.fix();
+        let answer = api
+            .patch_instance(&crash.id, json!({ "action": action }))
+            .await;
+        assert_eq!(answer["id"], crash.id.as_str());
+        let (new_pid, v) = wait_ready(&api, &crash.id, Some(crash.pid), DEADLINE).await;
+        assert_eq!(v["status"], "running", "after {action}: {v}");
+        sse.wait_event(
+            &format!("update: ready again after {action}"),
+            DEADLINE,
+            |e| {
+                of(e, &crash.id)
+                    && worker_state(&e.instance()) == "ready"
+                    && e.instance()["status"] == "running"
+                    && worker_pid(&e.instance()) == Some(new_pid)
+            },
+        )
         .await;
-    assert_eq!(answer["id"], id.as_str());
-    let (new_pid, v) = wait_ready(&api, &id, Some(pid), DEADLINE).await;
-    assert_eq!(v["status"], "running", "after restart: {v}");
-    sse.wait_event("update: ready again and running", DEADLINE, |e| {
-        of(e)
-            && worker_state(&e.instance()) == "ready"
-            && e.instance()["status"] == "running"
-            && worker_pid(&e.instance()) == Some(new_pid)
-    })
-    .await;
-    assert!(master.children().contains(&new_pid));
+        assert!(master.children().contains(&new_pid));
+    }
     println!(
-        "crash loop: failed {to_failed:?} after the kill ({restarts} restarts); test {:?}",
+        "crash loop: failed {to_failed:?} after the kill ({} restarts); test {:?}",
+        failed["worker"]["restarts"],
         started.elapsed()
     );
+}
+
+/// `master://…?retry_failed=2s`: a `failed` instance is tried again by the
+/// master itself; once the cause is fixed the next try brings it up (SSE:
+/// `failed`, then `starting` with no PATCH in between). Slow: the back-off
+/// to `failed` is about 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_instance_is_retried_periodically() {
+    let master = Master::start_url(&format!("{DEFAULT_URL}?retry_failed=2s")).await;
+    let api = master.api();
+    let crash = CrashLoop::create(&api, "tls2-retry").await;
+    let mut sse = master.events().await;
+    crash.break_it();
+    crash.wait_failed(&api).await;
+    assert!(
+        master
+            .lines()
+            .iter()
+            .any(|l| l.contains("marked failed") && l.contains("retry_every=2s")),
+        "no `marked failed` line with retry_every=2s\n{}",
+        master.dump()
+    );
+    crash.fix();
+    let (_, v) = wait_ready(&api, &crash.id, Some(crash.pid), DEADLINE).await;
+    assert_eq!(v["status"], "running", "{v}");
+    // Over SSE: `failed`, then a try of the master's own.
+    let of = |e: &drover_e2e::Event| {
+        e.kind() == "update" && e.instance_id().as_deref() == Some(crash.id.as_str())
+    };
+    sse.wait_event("update: failed", DEADLINE, |e| {
+        of(e) && worker_state(&e.instance()) == "failed"
+    })
+    .await;
+    sse.wait_event("update: starting after failed", DEADLINE, |e| {
+        of(e) && worker_state(&e.instance()) == "starting"
+    })
+    .await;
 }
 
 /// `kill -9` of the master: no worker of its instances survives it by more
@@ -721,4 +821,256 @@ async fn master_sigkill_takes_its_workers_new_master_restores() {
     pair.wait_up(&api).await;
     assert_echo(pair.entrance, b"through the pair, new master").await;
     assert_echo(single_entr, b"through the single-end client, new master").await;
+}
+
+/// The pid `evil-noterm` reported for its child (`evil: child PID`).
+async fn evil_child(api: &Api, id: &str) -> u32 {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let logs = api.logs(id, 100).await;
+        if let Some(pid) = logs.iter().find_map(|l| {
+            l[l.find(CHILD_REPORT)? + CHILD_REPORT.len()..]
+                .trim()
+                .parse()
+                .ok()
+        }) {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the noterm worker reported no child within {DEADLINE:?}: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stop through the API (`?grace=1s`) of a worker that ignores
+/// `Shutdown` ends with SIGTERM of its group once the grace (plus 1 s) has
+/// passed; of one that ignores SIGTERM too, as does a child in its process
+/// group, with SIGKILL of the group 5 s after the SIGTERM. Each stop
+/// completes (the PATCH answers), took at least that long, is described in
+/// `last_exit` (API and the SSE `update` that shows it `parked`) and in the
+/// master's log in that order, and leaves no process behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_escalates_from_shutdown_to_sigterm_to_sigkill() {
+    let grace = Duration::from_secs(1);
+    let master =
+        Master::start_with_worker(&format!("{DEFAULT_URL}?grace=1s"), &evil_worker_bin()).await;
+    let api = master.api();
+    let term = create_evil(&api, &Behaviour::NoShutdown).await;
+    let kill = create_evil(&api, &Behaviour::NoTerm).await;
+    let (term_pid, _) = wait_ready(&api, &term, None, DEADLINE).await;
+    let (kill_pid, _) = wait_ready(&api, &kill, None, DEADLINE).await;
+    let child = evil_child(&api, &kill).await;
+    assert!(proc_alive(child), "the noterm child {child} is not running");
+    assert_eq!(
+        nix::unistd::getpgid(Some(Pid::from_raw(child as i32))),
+        Ok(Pid::from_raw(kill_pid as i32)),
+        "the noterm child {child} is not in its worker's process group"
+    );
+
+    let mut sse = master.events().await;
+    let stop = |id: String| {
+        let api = api.clone();
+        async move {
+            let t0 = tokio::time::Instant::now();
+            api.patch_instance(&id, json!({ "action": "stop" })).await;
+            t0.elapsed()
+        }
+    };
+    let (term_took, kill_took) = tokio::join!(stop(term.clone()), stop(kill.clone()));
+
+    let want = [
+        (
+            &term,
+            term_pid,
+            "signal 15 (SIGTERM): stop escalated: SIGTERM after the 1s grace".to_string(),
+            grace + Duration::from_secs(1),
+            term_took,
+        ),
+        (
+            &kill,
+            kill_pid,
+            format!(
+                "signal 9 (SIGKILL): stop escalated: SIGTERM after the 1s grace, SIGKILL {}s later",
+                TERM_WAIT.as_secs()
+            ),
+            grace + Duration::from_secs(1) + TERM_WAIT,
+            kill_took,
+        ),
+    ];
+    for (id, pid, exit, at_least, took) in &want {
+        let v = api.instance(id).await;
+        assert_eq!(v["status"], "stopped", "{id}: {v}");
+        assert_eq!(worker_state(&v), "parked", "{id}: {v}");
+        assert_eq!(v["worker"]["last_exit"], exit.as_str(), "{id}: {v}");
+        assert!(
+            took >= at_least,
+            "{id}: the stop took {took:?}, less than the {at_least:?} it must wait before its last signal"
+        );
+        assert!(!proc_alive(*pid), "{id}'s worker {pid} is still alive");
+        sse.wait_event(&format!("update: {id} parked, {exit:?}"), DEADLINE, |e| {
+            e.kind() == "update"
+                && e.instance_id().as_deref() == Some(id.as_str())
+                && worker_state(&e.instance()) == "parked"
+                && e.instance()["worker"]["last_exit"] == exit.as_str()
+        })
+        .await;
+    }
+    // The orphaned child got the group's SIGKILL.
+    wait_until(DEADLINE, "the noterm child is gone", || !proc_alive(child)).await;
+
+    // The master's log: SIGTERM for both, then SIGKILL for the second only.
+    let lines = master.lines();
+    let at = |id: &str, needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle) && l.contains(&format!("instance={id}")))
+    };
+    let (term_sigterm, kill_sigterm, kill_sigkill) = (
+        at(&term, "SIGTERM to its group"),
+        at(&kill, "SIGTERM to its group"),
+        at(&kill, "SIGKILL to its group"),
+    );
+    assert!(
+        term_sigterm.is_some(),
+        "no SIGTERM line for {term}\n{}",
+        master.dump()
+    );
+    assert!(
+        at(&term, "SIGKILL to its group").is_none(),
+        "{term} got SIGKILL\n{}",
+        master.dump()
+    );
+    assert!(
+        kill_sigterm.is_some() && kill_sigterm < kill_sigkill,
+        "want SIGTERM then SIGKILL lines for {kill}\n{}",
+        master.dump()
+    );
+    println!("stop escalation: SIGTERM after {term_took:?}, SIGKILL after {kill_took:?}");
+}
+
+/// A single-end UDP instance in front of a UDP echo; `kill -9` of its worker.
+/// Two clients (one with a session in the dead worker, one new) send
+/// datagrams while no worker runs (the worker had run < 10 s, so the
+/// replacement comes after a ~1 s back-off): they wait in the master's UDP
+/// socket and the replacement answers every one, each with its own bytes
+/// and to its own client. The contract (docs/operations.md): datagrams that
+/// arrive while the worker is down are kept up to the socket's receive
+/// buffer; only one the dying worker had already read is lost, so a client
+/// that retries until answered gets an answer, never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_during_an_outage_are_answered_by_the_replacement() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = UdpEchoServer::start().await;
+    let entrance = free_addr();
+    let id = id_of(
+        &api.create(json!({ "url": single_end(entrance, echo.addr), "alias": "udp" }))
+            .await,
+    );
+    let (pid, _) = wait_ready(&api, &id, None, DEADLINE).await;
+    let old_client = udp_connected(entrance).await;
+    udp_warm_up(&old_client, b"warm-up").await;
+
+    signal_pid(pid, Signal::SIGKILL);
+    wait_until(DEADLINE, "the killed worker is gone", || all_exited(pid)).await;
+    let new_client = udp_connected(entrance).await;
+    let payload =
+        |who: &str, i: usize| format!("{who} datagram {i} during the outage").into_bytes();
+    for i in 0..OUTAGE_DATAGRAMS {
+        old_client.send(&payload("old", i)).await.expect("send");
+        new_client.send(&payload("new", i)).await.expect("send");
+    }
+    let v = api.instance(&id).await;
+    assert!(
+        worker_pid(&v).is_none() && worker_state(&v) != "ready",
+        "a worker was back before the outage datagrams were sent (back-off skipped?): {v}"
+    );
+
+    for (who, client) in [("old", &old_client), ("new", &new_client)] {
+        let mut want: Vec<Vec<u8>> = (0..OUTAGE_DATAGRAMS).map(|i| payload(who, i)).collect();
+        while !want.is_empty() {
+            let got = match udp_recv(client, OUTAGE_DEADLINE).await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => panic!("{who} client: {e}"),
+                None => panic!(
+                    "{who} client: {} of {OUTAGE_DATAGRAMS} outage datagrams unanswered after {OUTAGE_DEADLINE:?}",
+                    want.len()
+                ),
+            };
+            if who == "old" && got == b"warm-up" {
+                continue; // a late copy of the warm-up probe
+            }
+            let at = want.iter().position(|w| *w == got).unwrap_or_else(|| {
+                panic!(
+                    "{who} client got a datagram it did not send (or twice): {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            });
+            want.remove(at);
+        }
+    }
+
+    let (new_pid, v) = wait_ready(&api, &id, Some(pid), DEADLINE).await;
+    assert_eq!(v["worker"]["restarts"], 1, "{v}");
+    assert_eq!(v["worker"]["last_exit"], "signal 9 (SIGKILL)", "{v}");
+    assert!(master.children().contains(&new_pid));
+    old_client.send(b"after the outage").await.expect("send");
+    assert_eq!(
+        udp_recv(&old_client, DEADLINE)
+            .await
+            .map(|r| r.expect("recv")),
+        Some(b"after the outage".to_vec())
+    );
+}
+
+/// A worker that has run more than 10 s and is `kill -9`ed is replaced at
+/// once: `restarts` goes to 1 and no SSE update between the kill and the
+/// new worker's `ready` shows `backoff`. Slow: one 11 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_that_ran_ten_seconds_restarts_without_backoff() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let id = id_of(&api.create_url(&single_end(entrance, echo.addr)).await);
+    let (pid, _) = wait_ready(&api, &id, None, DEADLINE).await;
+    let mut sse = master.events().await;
+    // The only way to have run ≥ 10 s.
+    tokio::time::sleep(HEALTHY_RUN + Duration::from_secs(1)).await;
+    assert_echo(entrance, b"before the kill").await;
+
+    signal_pid(pid, Signal::SIGKILL);
+    let of = |e: &drover_e2e::Event| {
+        e.kind() == "update" && e.instance_id().as_deref() == Some(id.as_str())
+    };
+    let ready = sse
+        .wait_event("update: ready in a new worker", DEADLINE, |e| {
+            of(e)
+                && worker_state(&e.instance()) == "ready"
+                && worker_pid(&e.instance()).is_some_and(|p| p != pid)
+        })
+        .await
+        .instance();
+    assert_eq!(ready["worker"]["restarts"], 1, "{ready}");
+    assert_eq!(
+        ready["worker"]["last_exit"], "signal 9 (SIGKILL)",
+        "{ready}"
+    );
+    let states: Vec<String> = sse
+        .history
+        .iter()
+        .filter(|e| of(e))
+        .map(|e| worker_state(&e.instance()))
+        .collect();
+    assert!(
+        states.iter().any(|s| s == "starting"),
+        "no `starting` update for the replacement: {states:?}"
+    );
+    assert!(
+        !states.iter().any(|s| s == "backoff"),
+        "a worker that had run ≥ 10 s went through back-off: {states:?}"
+    );
+    assert_echo(entrance, b"after the kill").await;
 }

@@ -6,8 +6,11 @@
 //!    `WATCHDOG_USEC=2000000` (so pings are due every second).
 //! 2. `READY=1` arrives with a `STATUS=` naming the bound API address, and
 //!    that address accepts connections.
-//! 3. At least two `WATCHDOG=1` follow.
-//! 4. SIGTERM → `STOPPING=1`, then exit status 0.
+//! 3. `STATUS=` carries the instance counts: `0 running` at first, `1
+//!    running` once an instance is created through the API.
+//! 4. `WATCHDOG=1` arrives again and again at about half `WATCHDOG_USEC`:
+//!    counted over a window, within generous bounds.
+//! 5. SIGTERM → `STOPPING=1`, then exit status 0.
 //!
 //! The master is spawned here rather than by `Master::start`, which clears
 //! `NOTIFY_SOCKET` on purpose; its output goes to a file shown on failure.
@@ -24,12 +27,14 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use drover_e2e::master::master_bin;
-use drover_e2e::{DEADLINE, worker_bin};
+use drover_e2e::{Api, DEADLINE, free_addr, worker_bin};
 
 /// `WATCHDOG_USEC` given to the master: pings every second.
 const WATCHDOG_USEC: &str = "2000000";
-/// How many pings the test waits for.
-const PINGS: usize = 2;
+/// Pings are counted over this window after `READY=1`: about 6 are due.
+const PING_WINDOW: Duration = Duration::from_secs(6);
+/// Bounds of the count: pings every 0.5–2 s (half of `WATCHDOG_USEC` is 1 s).
+const PINGS: std::ops::RangeInclusive<usize> = 3..=12;
 /// One read on the notify socket; short so deadlines are checked often.
 const RECV_SLICE: Duration = Duration::from_millis(100);
 
@@ -48,6 +53,12 @@ impl Notify {
             sock,
             received: Vec::new(),
         }
+    }
+
+    /// Reads datagrams until `at` (or until `master` exits).
+    fn until_time(&mut self, master: &mut Running, at: Instant) {
+        let left = at.saturating_duration_since(Instant::now());
+        self.until(master, left, |_| false);
     }
 
     /// Reads datagrams until one satisfies `want`, returning it; `None` when
@@ -177,8 +188,36 @@ fn has_line(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)
 }
 
-/// READY=1 with the bound address in STATUS=, periodic WATCHDOG=1 and
-/// STOPPING=1 on SIGTERM, as a `Type=notify` unit with `WatchdogSec=` needs.
+/// The `STATUS=` text of a notification, if it has one.
+fn status_of(msg: &str) -> Option<&str> {
+    msg.lines().find_map(|l| l.strip_prefix("STATUS="))
+}
+
+/// Creates an instance through the master's API at `addr` (the key from its
+/// first-start log line); returns its id.
+fn create_instance(master: &Running, addr: SocketAddr) -> String {
+    const MARKER: &str = "API Key created: ";
+    let log = std::fs::read_to_string(&master.log).unwrap_or_default();
+    let key = log
+        .lines()
+        .find_map(|l| Some(l[l.find(MARKER)? + MARKER.len()..].trim().to_string()))
+        .unwrap_or_else(|| panic!("no {MARKER:?} in the master's log\n{}", master.dump()));
+    let api = Api::new(
+        drover_e2e::api::http_client(),
+        format!("http://{addr}/api"),
+        Some(key),
+    );
+    let url = format!("client://{}/127.0.0.1:1?mode=1", free_addr());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    drover_e2e::api::id_of(&rt.block_on(api.create_url(&url)))
+}
+
+/// READY=1 with the bound address in STATUS=, instance counts in STATUS=,
+/// periodic WATCHDOG=1 and STOPPING=1 on SIGTERM, as a `Type=notify` unit
+/// with `WatchdogSec=` needs.
 #[test]
 fn notifies_ready_watchdog_and_stopping() {
     let dir = tempfile::Builder::new()
@@ -208,20 +247,42 @@ fn notifies_ready_watchdog_and_stopping() {
     TcpStream::connect_timeout(&addr, DEADLINE)
         .unwrap_or_else(|e| panic!("the API is not at {addr} from {ready:?}: {e}"));
 
-    let mut pings = 0;
-    while pings < PINGS {
-        notify
-            .until(&mut master, DEADLINE, |m| has_line(m, "WATCHDOG=1"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "only {pings} WATCHDOG=1 within {DEADLINE:?} with WATCHDOG_USEC={WATCHDOG_USEC} \
-                     (master exited: {:?}); got {:?}",
-                    master.exited(),
-                    notify.received
-                )
-            });
-        pings += 1;
-    }
+    let ready_at = Instant::now();
+    let ready_index = notify.received.len();
+    assert!(
+        status_of(&ready).is_some_and(|s| s.contains("; 0 running, 0 stopped, 0 error")),
+        "READY's STATUS= should count no instance: {ready:?}"
+    );
+
+    // The counts follow the instances: one created, one running.
+    let id = create_instance(&master, addr);
+    notify
+        .until(&mut master, DEADLINE, |m| {
+            status_of(m).is_some_and(|s| s.contains("; 1 running, 0 stopped, 0 error"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no STATUS= with `1 running` within {DEADLINE:?} of creating {id}; got {:?}",
+                notify.received
+            )
+        });
+
+    // Pings keep coming, at about half WATCHDOG_USEC.
+    notify.until_time(&mut master, ready_at + PING_WINDOW);
+    assert!(
+        master.exited().is_none(),
+        "the master exited\n{}",
+        master.dump()
+    );
+    let pings = notify.received[ready_index..]
+        .iter()
+        .filter(|m| has_line(m, "WATCHDOG=1"))
+        .count();
+    assert!(
+        PINGS.contains(&pings),
+        "{pings} WATCHDOG=1 in {PING_WINDOW:?} with WATCHDOG_USEC={WATCHDOG_USEC} (want {PINGS:?}); got {:?}",
+        notify.received
+    );
 
     kill(master.pid(), Signal::SIGTERM).expect("SIGTERM");
     notify

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use drover_e2e::evil::{Behaviour, DONE_TCPS, STDERR_DONE, STDERR_FLOOD_BYTES};
+use drover_e2e::evil::{
+    Behaviour, CHILD_ARG, CHILD_REPORT, DONE_TCPS, HOG_MAX, STDERR_DONE, STDERR_FLOOD_BYTES,
+};
 use proto::message::{Bind, Log, Ready, Stats, Transport};
 use proto::{MAX_FRAME, ToMaster, ToWorker, TunnelSpec, frame};
 
@@ -40,6 +42,11 @@ const LONG_LINES: u64 = 16;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(CHILD_ARG) {
+        // A NoTerm child: SIGTERM ignored (inherited), in the worker's group.
+        std::thread::sleep(LINGER);
+        return ExitCode::SUCCESS;
+    }
     let control_fd = args
         .iter()
         .position(|a| a == "--control-fd")
@@ -340,6 +347,40 @@ impl Evil {
             Behaviour::NoPong => {
                 self.ready();
                 sleep_deaf();
+            }
+            Behaviour::NoShutdown => self.ready(),
+            Behaviour::Hog => {
+                self.ready();
+                const MIB: usize = 1 << 20;
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                while held.len() * MIB < HOG_MAX {
+                    // Touched, so each MiB is resident (and charged).
+                    held.push(vec![0x5a; MIB]);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                self.report(format!("hogging {} MiB", held.len()));
+                linger(&self.sock);
+            }
+            Behaviour::NoTerm => {
+                // SAFETY: setting a signal disposition to SIG_IGN in a single-threaded process.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                // The child inherits SIG_IGN and our process group.
+                let exe = std::env::current_exe().expect("own path");
+                match std::process::Command::new(exe)
+                    .arg(CHILD_ARG)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                {
+                    Ok(child) => self.report(format!(
+                        "{}{}",
+                        CHILD_REPORT.trim_start_matches("evil: "),
+                        child.id()
+                    )),
+                    Err(e) => self.report(format!("cannot start a child: {e}")),
+                }
+                self.ready();
             }
             Behaviour::Deaf => {
                 self.ready();

@@ -43,6 +43,17 @@ pub struct Resp {
     pub body: Vec<u8>,
 }
 
+/// The HTTP client tests talk to a master with: no proxy, [`DEADLINE`]
+/// per request (rustls' ring provider installed for HTTPS).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(crate::DEADLINE)
+        .build()
+        .expect("building the HTTP client")
+}
+
 impl Api {
     pub fn new(http: reqwest::Client, base: String, key: Option<String>) -> Api {
         Api { http, base, key }

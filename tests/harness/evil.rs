@@ -7,7 +7,17 @@
 
 use std::path::PathBuf;
 
+use crate::api::{Api, id_of};
+use crate::free_addr;
 use crate::worker::worker_bin;
+
+/// The argument that makes the evil binary a [`Behaviour::NoTerm`] child.
+pub const CHILD_ARG: &str = "--evil-child";
+/// The `Log` line prefix with which [`Behaviour::NoTerm`] reports its child.
+pub const CHILD_REPORT: &str = "evil: child ";
+
+/// Most memory [`Behaviour::Hog`] takes.
+pub const HOG_MAX: usize = 2 << 30;
 
 /// `tcps` of the `Stats` a flood ends with: once the API shows it, the
 /// master has read the whole flood.
@@ -49,6 +59,16 @@ pub enum Behaviour {
     NoPong,
     /// `Ready`, then `Bind`s whose answers it never reads.
     Deaf,
+    /// `Ready`, then reads and drops everything, `Shutdown` included (so a
+    /// stop must end it with SIGTERM).
+    NoShutdown,
+    /// As [`Behaviour::NoShutdown`], but SIGTERM is ignored too, by it and
+    /// by a child in its process group, whose pid it reports as
+    /// `evil: child PID` (so a stop must end both with SIGKILL of the group).
+    NoTerm,
+    /// `Ready`, then allocates and touches memory, a MiB per millisecond, up
+    /// to [`HOG_MAX`], and lingers: over any sane memory limit.
+    Hog,
 }
 
 impl Behaviour {
@@ -69,6 +89,9 @@ impl Behaviour {
             Behaviour::Silent => "silent",
             Behaviour::NoPong => "nopong",
             Behaviour::Deaf => "deaf",
+            Behaviour::NoShutdown => "noshutdown",
+            Behaviour::NoTerm => "noterm",
+            Behaviour::Hog => "hog",
         };
         format!("evil-{name}")
     }
@@ -95,9 +118,20 @@ impl Behaviour {
             "silent" => Behaviour::Silent,
             "nopong" => Behaviour::NoPong,
             "deaf" => Behaviour::Deaf,
+            "noshutdown" => Behaviour::NoShutdown,
+            "noterm" => Behaviour::NoTerm,
+            "hog" => Behaviour::Hog,
             _ => return None,
         })
     }
+}
+
+/// An evil instance: a forward-mode server whose key names `b` (the master
+/// binds only its tunnel port, so it asks nothing of other instances);
+/// returns its id.
+pub async fn create_evil(api: &Api, b: &Behaviour) -> String {
+    let url = format!("server://{}@{}/127.0.0.1:1?mode=2", b.key(), free_addr());
+    id_of(&api.create_url(&url).await)
 }
 
 /// The evil worker binary: `$DROVER_EVIL_WORKER_BIN`, else beside `drover-worker`.
@@ -135,6 +169,9 @@ mod tests {
             Behaviour::Silent,
             Behaviour::NoPong,
             Behaviour::Deaf,
+            Behaviour::NoShutdown,
+            Behaviour::NoTerm,
+            Behaviour::Hog,
         ] {
             assert_eq!(Behaviour::from_key(&b.key()), Some(b));
         }

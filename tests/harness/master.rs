@@ -78,6 +78,8 @@ pub struct Master {
     url: String,
     /// The worker binary it runs (`DROVER_WORKER_BIN`).
     worker: PathBuf,
+    /// The uid/gid it runs as, when not ours.
+    cred: Option<(u32, u32)>,
     key: Mutex<String>,
     dir: Arc<TempDir>,
     proc: Reaped,
@@ -98,7 +100,19 @@ impl Master {
             .prefix("drover-e2e-master-")
             .tempdir()
             .expect("temporary data dir");
-        Self::launch(url, Arc::new(dir), None, worker_bin()).await
+        Self::launch(url, Arc::new(dir), None, worker_bin(), None).await
+    }
+
+    /// A master on `url` running as `uid`/`gid` (the test must be root to
+    /// switch), with a fresh data dir that user owns.
+    pub async fn start_as(url: &str, uid: u32, gid: u32) -> Master {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-e2e-master-")
+            .tempdir()
+            .expect("temporary data dir");
+        nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into()))
+            .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", dir.path().display()));
+        Self::launch(url, Arc::new(dir), None, worker_bin(), Some((uid, gid))).await
     }
 
     /// A master on `url` with a fresh data dir that runs `worker` as its
@@ -108,7 +122,7 @@ impl Master {
             .prefix("drover-e2e-master-")
             .tempdir()
             .expect("temporary data dir");
-        Self::launch(url, Arc::new(dir), None, worker.to_path_buf()).await
+        Self::launch(url, Arc::new(dir), None, worker.to_path_buf(), None).await
     }
 
     /// A new master on the same data dir and URL as `previous`, which must have
@@ -124,6 +138,7 @@ impl Master {
             previous.dir.clone(),
             Some(previous.key()),
             previous.worker.clone(),
+            previous.cred,
         )
         .await
     }
@@ -133,9 +148,15 @@ impl Master {
         dir: Arc<TempDir>,
         known_key: Option<String>,
         worker: PathBuf,
+        cred: Option<(u32, u32)>,
     ) -> Master {
         let bin = master_bin();
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some((uid, gid)) = cred {
+            // std drops the supplementary groups too when switching from root.
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd
             .arg(url)
             .env("DROVER_DATA_DIR", dir.path())
             .env("DROVER_WORKER_BIN", &worker)
@@ -157,17 +178,13 @@ impl Master {
             tx.clone(),
         );
         spawn_reader(child.stderr.take().expect("piped stderr"), log.clone(), tx);
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(DEADLINE)
-            .build()
-            .expect("building the HTTP client");
+        let http = crate::api::http_client();
         let mut master = Master {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             prefix: String::new(),
             url: url.to_string(),
             worker,
+            cred,
             key: Mutex::new(known_key.clone().unwrap_or_default()),
             dir,
             proc: Reaped::new(child),

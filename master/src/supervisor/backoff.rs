@@ -6,7 +6,8 @@ use std::time::Duration;
 
 pub const HEALTHY_RUN: Duration = Duration::from_secs(10);
 pub const FAILED_AFTER: u32 = 5;
-/// A failed instance is retried this often (and on PATCH start/restart).
+/// A failed instance is retried this often by default (`retry_failed=`),
+/// and on PATCH start/restart.
 pub const FAILED_RETRY: Duration = Duration::from_secs(300);
 const FIRST: Duration = Duration::from_secs(1);
 const MAX: Duration = Duration::from_secs(60);

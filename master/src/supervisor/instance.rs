@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
-use super::backoff::{self, Next, Policy};
+use super::backoff::{Next, Policy};
 use super::handoffs::{Handed, InFlight};
 use super::listeners::{self, Listeners};
 use super::log_budget::{LogBudget, LogVerdict, clip};
@@ -33,6 +33,8 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// No `Pong` within this → the worker is hung: SIGKILL and restart.
 pub const PONG_DEADLINE: Duration = Duration::from_secs(15);
+/// A stopped worker still running this long after SIGTERM gets SIGKILL.
+pub const TERM_WAIT: Duration = Duration::from_secs(5);
 /// Log lines kept per instance for `/instances/{id}/logs`.
 pub const LOG_RING: usize = 1000;
 
@@ -316,9 +318,10 @@ impl Task {
                             self.drop_carried("the worker keeps failing");
                             self.set(|s| s.status = Status::Error);
                             self.transition(WorkerState::Failed);
-                            tracing::error!(instance = %self.inst.id, "worker keeps failing; marked failed, retrying every 5 min");
+                            let every = self.shared.failed_retry;
+                            tracing::error!(instance = %self.inst.id, retry_every = %proto::duration::format(every), "worker keeps failing; marked failed");
                             loop {
-                                match self.wait_command(backoff::FAILED_RETRY).await {
+                                match self.wait_command(every).await {
                                     None | Some(Command::Restart) | Some(Command::Start(_)) => {
                                         break;
                                     }
@@ -662,8 +665,10 @@ impl Task {
         }
     }
 
-    /// Graceful stop: `Shutdown` → grace → SIGTERM → SIGKILL of the group,
-    /// processing the worker's last messages (final stats) meanwhile.
+    /// Graceful stop: `Shutdown` → drain up to the grace (plus a second for
+    /// the worker's own exit) → SIGTERM of the group → [`TERM_WAIT`] →
+    /// SIGKILL of the group, processing the worker's last messages (final
+    /// stats) meanwhile. A stop that needed a signal is kept in `last_exit`.
     async fn stop_worker(&mut self, w: &mut Worker) {
         self.set(|s| s.control = None);
         self.transition(WorkerState::Stopping);
@@ -677,38 +682,59 @@ impl Task {
         .await;
         let mut ready = true;
         let mut pong = Instant::now();
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
-        let mut escalated = false;
-        loop {
+        let mut channel_open = true;
+        // What was sent last, and when the next step is due (`None` after SIGKILL).
+        let mut sent: Option<Signal> = None;
+        let mut deadline = Some(tokio::time::Instant::now() + grace + Duration::from_secs(1));
+        let status = loop {
             tokio::select! {
-                status = w.child.wait() => {
-                    tracing::info!(instance = %self.inst.id, pid = w.pid, how = exit_text(status, None), "worker stopped");
-                    break;
-                }
-                msg = w.channel.recv() => {
-                    if let Ok(Some((msg, _))) = msg {
-                        self.on_message(w, msg, &mut ready, &mut pong).await;
-                    } else {
-                        // Channel closed or broken: only the exit is left to wait for.
-                        let _ = tokio::time::timeout_at(deadline, w.child.wait()).await;
+                status = w.child.wait() => break status,
+                msg = w.channel.recv(), if channel_open => {
+                    match msg {
+                        Ok(Some((msg, _))) => {
+                            self.on_message(w, msg, &mut ready, &mut pong).await;
+                        }
+                        // Closed or broken: only the exit is left to wait for.
+                        _ => channel_open = false,
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
-                    if escalated {
-                        w.signal_group(Signal::SIGKILL);
-                    } else {
-                        tracing::warn!(instance = %self.inst.id, pid = w.pid, "worker did not stop within the grace; SIGTERM");
+                () = sleep_until_opt(deadline) => {
+                    if sent.is_none() {
+                        tracing::warn!(instance = %self.inst.id, pid = w.pid, grace_ms = grace.as_millis() as u64, "worker did not stop within the grace; SIGTERM to its group");
                         w.signal_group(Signal::SIGTERM);
-                        escalated = true;
+                        sent = Some(Signal::SIGTERM);
+                        deadline = Some(tokio::time::Instant::now() + TERM_WAIT);
+                    } else {
+                        tracing::warn!(instance = %self.inst.id, pid = w.pid, "worker still running {}s after SIGTERM; SIGKILL to its group", TERM_WAIT.as_secs());
+                        w.signal_group(Signal::SIGKILL);
+                        sent = Some(Signal::SIGKILL);
+                        deadline = None;
                     }
                 }
             }
-        }
-        // Anything left in the group (it should be empty) goes too.
+        };
+        let how = exit_text(status, None);
+        tracing::info!(instance = %self.inst.id, pid = w.pid, how, "worker stopped");
+        // Anything left in the group (children that ignored SIGTERM) goes too.
         w.signal_group(Signal::SIGKILL);
+        let escalated = sent.map(|sig| {
+            let grace = proto::duration::format(grace);
+            match sig {
+                Signal::SIGTERM => {
+                    format!("{how}: stop escalated: SIGTERM after the {grace} grace")
+                }
+                _ => format!(
+                    "{how}: stop escalated: SIGTERM after the {grace} grace, SIGKILL {}s later",
+                    TERM_WAIT.as_secs()
+                ),
+            }
+        });
         self.set(|s| {
             s.pid = None;
             s.fold_counters();
+            if let Some(text) = escalated {
+                s.last_exit = Some(text);
+            }
         });
     }
 
@@ -774,6 +800,14 @@ impl Task {
         if let Err(e) = self.inst.persist_counters(&self.shared.store).await {
             tracing::error!(instance = %self.inst.id, cause = %e, "cannot persist counters");
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes for `None`.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -25,13 +25,33 @@ pub const UID_LAST: u32 = 65519;
 /// Open files a worker may hold.
 pub const WORKER_NOFILE: u64 = 65536;
 
-/// Limits applied to every tenant's cgroup.
+/// Limits of one tenant's cgroup (bounding the sum of its workers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TenantLimits {
     /// Bytes; `None` = no limit.
     pub memory: Option<u64>,
     /// Tasks; `None` = no limit.
     pub pids: Option<u64>,
+}
+
+/// The master URL's `tenant_mem=`/`tenant_pids=`: limits for every tenant,
+/// and per-tenant overrides (`tenant_mem=alice:1G`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub default: TenantLimits,
+    /// Per tenant; a `None` field keeps the default.
+    pub tenants: BTreeMap<String, TenantLimits>,
+}
+
+impl LimitsConfig {
+    /// The limits of `tenant`.
+    pub fn of(&self, tenant: &str) -> TenantLimits {
+        let own = self.tenants.get(tenant).copied().unwrap_or_default();
+        TenantLimits {
+            memory: own.memory.or(self.default.memory),
+            pids: own.pids.or(self.default.pids),
+        }
+    }
 }
 
 /// How one worker is confined; applied between fork and exec.
@@ -58,14 +78,14 @@ pub struct Isolation {
     enabled: bool,
     why_not: Option<String>,
     cgroups: Option<Cgroups>,
-    limits: TenantLimits,
+    limits: LimitsConfig,
     uids: Mutex<BTreeMap<String, u32>>,
     root: PathBuf,
 }
 
 impl Isolation {
     /// Detects what this master can do; logs what is unavailable and why.
-    pub fn detect(store: &Store, root: PathBuf, limits: TenantLimits) -> Self {
+    pub fn detect(store: &Store, root: PathBuf, limits: LimitsConfig) -> Self {
         let is_root = nix::unistd::geteuid().is_root();
         if !is_root {
             let why = "the master is not running as root: workers run as the master's user, without cgroups".to_string();
@@ -198,21 +218,19 @@ impl Isolation {
     }
 
     /// Creates `tenant/instance` cgroups with the tenant's limits; returns the
-    /// `cgroup.procs` files to join.
+    /// `cgroup.procs` files to join. The tenant's cgroup bounds the sum of its
+    /// workers; each worker has a leaf of its own, so an OOM kill in the
+    /// tenant takes the worker the kernel picks (the largest: the one over its
+    /// share) and, with `memory.oom.group` on the leaf only, its whole leaf —
+    /// never the tenant's other workers.
     fn cgroup_files(
         &self,
         c: &Cgroups,
         tenant: &str,
         instance: &str,
     ) -> Result<Vec<OwnedFd>, String> {
-        let mem = self
-            .limits
-            .memory
-            .map_or("max".to_string(), |b| b.to_string());
-        let pids = self
-            .limits
-            .pids
-            .map_or("max".to_string(), |n| n.to_string());
+        let limits = self.limits.of(tenant);
+        let pids = limits.pids.map_or("max".to_string(), |n| n.to_string());
         match c {
             Cgroups::V2(base) => {
                 let tenant_dir = base.join("tenants").join(tenant);
@@ -221,10 +239,15 @@ impl Isolation {
                 for dir in [base.clone(), base.join("tenants"), tenant_dir.clone()] {
                     let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +pids");
                 }
+                let mem = limits.memory.map_or("max".to_string(), |b| b.to_string());
                 write(&tenant_dir.join("memory.max"), &mem)?;
                 write(&tenant_dir.join("pids.max"), &pids)?;
+                // Off at the tenant: one worker's OOM must not take the others.
+                let _ = fs::write(tenant_dir.join("memory.oom.group"), "0");
                 let leaf = tenant_dir.join(instance);
                 mkdir(&leaf)?;
+                // A worker's children (none today) go with it.
+                let _ = fs::write(leaf.join("memory.oom.group"), "1");
                 Ok(vec![open_procs(&leaf)?])
             }
             Cgroups::V1 {
@@ -234,10 +257,7 @@ impl Isolation {
                 let mem_tenant = memory.join(format!("drover-{tenant}"));
                 mkdir(&mem_tenant)?;
                 let _ = fs::write(mem_tenant.join("memory.use_hierarchy"), "1");
-                let limit = self
-                    .limits
-                    .memory
-                    .map_or("-1".to_string(), |b| b.to_string());
+                let limit = limits.memory.map_or("-1".to_string(), |b| b.to_string());
                 write(&mem_tenant.join("memory.limit_in_bytes"), &limit)?;
                 let mem_leaf = mem_tenant.join(instance);
                 mkdir(&mem_leaf)?;
@@ -318,4 +338,50 @@ fn detect_cgroups() -> Option<Cgroups> {
 fn move_master_to_leaf(base: &Path) -> bool {
     let leaf = base.join("master");
     fs::create_dir_all(&leaf).is_ok() && fs::write(leaf.join("cgroup.procs"), "0").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant's own limits override the default field by field.
+    #[test]
+    fn per_tenant_limits_override_the_default() {
+        let mut cfg = LimitsConfig {
+            default: TenantLimits {
+                memory: Some(64 << 20),
+                pids: None,
+            },
+            tenants: BTreeMap::new(),
+        };
+        cfg.tenants.insert(
+            "alice".into(),
+            TenantLimits {
+                memory: None,
+                pids: Some(10),
+            },
+        );
+        cfg.tenants.insert(
+            "bob".into(),
+            TenantLimits {
+                memory: Some(1 << 30),
+                pids: None,
+            },
+        );
+        assert_eq!(
+            cfg.of("alice"),
+            TenantLimits {
+                memory: Some(64 << 20),
+                pids: Some(10)
+            }
+        );
+        assert_eq!(
+            cfg.of("bob"),
+            TenantLimits {
+                memory: Some(1 << 30),
+                pids: None
+            }
+        );
+        assert_eq!(cfg.of("carol"), cfg.default);
+    }
 }

@@ -40,6 +40,8 @@ pub struct Shared {
     pub log: String,
     pub stats_interval: Duration,
     pub grace: Duration,
+    /// How often a `failed` instance is tried again.
+    pub failed_retry: Duration,
     pub isolation: isolation::Isolation,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The master's main runtime: instance tasks live here.
