@@ -99,6 +99,7 @@ async fn master_record(store: &Store) -> Result<MasterRecord> {
 /// `crt`/`key` files, re-read when they change.
 fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
     use proto::certs::{CertResolver, certified_key};
+    use sha2::Digest;
     let resolver = match cfg.tls {
         0 => return Ok(None),
         1 => {
@@ -110,6 +111,12 @@ fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
                 "API tls=1",
             )
             .map_err(anyhow::Error::msg)?;
+            // New on every start: clients that verify pin it by this line.
+            let fingerprint = hex::encode(sha2::Sha256::digest(ck.cert.der()));
+            tracing::info!(
+                fingerprint = %format!("sha256:{fingerprint}"),
+                "API tls=1: self-signed certificate made"
+            );
             CertResolver::fixed(key)
         }
         _ => CertResolver::files(

@@ -13,6 +13,7 @@ mod api_persist;
 mod api_routes;
 mod api_schema;
 mod api_sse;
+mod api_tls;
 mod api_tunnel;
 mod cli;
 mod compromised_worker;
