@@ -8,6 +8,7 @@
 
 mod api_attack;
 mod api_docs;
+mod api_durability;
 mod api_errors;
 mod api_persist;
 mod api_routes;

@@ -403,6 +403,23 @@ pub fn assert_instance_shape(v: &Value) {
     );
 }
 
+/// The stored fields of every instance (everything but live state), sorted
+/// by id: what must be the same after a master restart.
+pub fn stored_fields(list: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = list
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "id": v["id"], "alias": v["alias"], "type": v["type"], "url": v["url"],
+                "config": v["config"], "restart": v["restart"], "meta": v["meta"],
+                "tenant": v["tenant"],
+            })
+        })
+        .collect();
+    out.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_string());
+    out
+}
+
 /// `[tcprx, tcptx, udprx, udptx]` of an instance.
 pub fn counters(v: &Value) -> [u64; 4] {
     ["tcprx", "tcptx", "udprx", "udptx"]
