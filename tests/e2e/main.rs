@@ -11,6 +11,7 @@ mod api_docs;
 mod api_durability;
 mod api_errors;
 mod api_persist;
+mod api_prefixes;
 mod api_routes;
 mod api_schema;
 mod api_sse;
