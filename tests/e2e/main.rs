@@ -10,6 +10,7 @@ mod api_attack;
 mod api_docs;
 mod api_durability;
 mod api_errors;
+mod api_openapi;
 mod api_persist;
 mod api_prefixes;
 mod api_routes;
