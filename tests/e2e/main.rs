@@ -17,6 +17,7 @@ mod api_routes;
 mod api_schema;
 mod api_sse;
 mod api_sse_lag;
+mod api_tcping;
 mod api_tls;
 mod api_tunnel;
 mod cli;
