@@ -191,6 +191,18 @@ impl Resp {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
+    /// The methods of the `Allow` header, sorted (panics if there is none).
+    pub fn allow(&self) -> Vec<String> {
+        let mut allow: Vec<String> = self
+            .header("allow")
+            .unwrap_or_else(|| panic!("{}: no Allow header", self.what))
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect();
+        allow.sort();
+        allow
+    }
+
     /// The body as JSON (panics naming the request otherwise).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
