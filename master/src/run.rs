@@ -134,6 +134,11 @@ fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
 
 /// Runs the master until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    // Handlers first: a SIGTERM that comes during start-up (even right after
+    // the "API listening" line or READY=1) is a graceful stop once the API
+    // is up, not the default action's abrupt death.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // Store files and anything workers write stay private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = store::data_dir();
@@ -262,8 +267,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         })
     };
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
