@@ -13,7 +13,11 @@ pub fn init(level: LogLevel) {
         LogLevel::Error | LogLevel::Event => "error",
         LogLevel::None => "off",
     };
-    let filter = EnvFilter::new(format!("warn,drover={directive},drover_master={directive}"));
+    // Our crates at the chosen level (`proto` logs certificate reloads);
+    // libraries stay at warn.
+    let filter = EnvFilter::new(format!(
+        "warn,drover={directive},drover_master={directive},proto={directive}"
+    ));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

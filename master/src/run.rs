@@ -97,6 +97,7 @@ async fn master_record(store: &Store) -> Result<MasterRecord> {
 /// `crt`/`key` files, re-read when they change.
 fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
     use proto::certs::{CertResolver, certified_key};
+    use sha2::Digest;
     let resolver = match cfg.tls {
         0 => return Ok(None),
         1 => {
@@ -108,6 +109,12 @@ fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
                 "API tls=1",
             )
             .map_err(anyhow::Error::msg)?;
+            // New on every start: clients that verify pin it by this line.
+            let fingerprint = hex::encode(sha2::Sha256::digest(ck.cert.der()));
+            tracing::info!(
+                fingerprint = %format!("sha256:{fingerprint}"),
+                "API tls=1: self-signed certificate made"
+            );
             CertResolver::fixed(key)
         }
         _ => CertResolver::files(
@@ -125,6 +132,11 @@ fn tls_config(cfg: &Config) -> Result<Option<rustls::ServerConfig>> {
 
 /// Runs the master until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> Result<()> {
+    // Handlers first: a SIGTERM that comes during start-up (even right after
+    // the "API listening" line or READY=1) is a graceful stop once the API
+    // is up, not the default action's abrupt death.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // Store files and anything workers write stay private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = store::data_dir();
@@ -259,8 +271,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         })
     };
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),

@@ -38,6 +38,11 @@ async fn missing_or_wrong_key_is_401() {
         (Method::GET, "/info".into()),
         (Method::POST, "/info".into()),
         (Method::GET, "/tcping?target=127.0.0.1:1".into()),
+        (Method::GET, "/metrics".into()),
+        (Method::GET, "/clients".into()),
+        (Method::GET, "/clients/someone".into()),
+        (Method::PUT, "/clients/someone".into()),
+        (Method::DELETE, "/clients/someone".into()),
         (Method::GET, "/no/such/route".into()),
     ];
     for api in spellings(&master) {

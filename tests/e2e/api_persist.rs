@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use drover_e2e::api::{ReversePair, counters, id_of, worker_pid, worker_state};
+use drover_e2e::api::{ReversePair, counters, id_of, stored_fields, worker_pid, worker_state};
 use drover_e2e::io::stream_echo_sha256;
 use drover_e2e::procs::{proc_alive, tcp_port_free, udp_port_free};
 use drover_e2e::{
@@ -75,22 +75,6 @@ async fn setup(master: &Master) -> Setup {
     }
 }
 
-/// The stored fields of every instance, by id (everything but live state).
-fn records(list: &[Value]) -> Vec<Value> {
-    let mut out: Vec<Value> = list
-        .iter()
-        .map(|v| {
-            json!({
-                "id": v["id"], "alias": v["alias"], "type": v["type"], "url": v["url"],
-                "config": v["config"], "restart": v["restart"], "meta": v["meta"],
-                "tenant": v["tenant"],
-            })
-        })
-        .collect();
-    out.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_string());
-    out
-}
-
 /// Checks the new master against what was set up: same key (not printed
 /// again), master id, records; counters `want`; the pair runs again in new
 /// processes and carries data (counted on top); the `restart:false` instance
@@ -121,8 +105,8 @@ async fn check_restored(
     let info = api.get("/info").await.ok_json(200);
     assert_eq!(info["mid"], s.mid.as_str());
     assert_eq!(
-        records(&after),
-        records(before),
+        stored_fields(&after),
+        stored_fields(before),
         "stored instances after the restart"
     );
 

@@ -8,11 +8,17 @@
 
 mod api_attack;
 mod api_docs;
+mod api_durability;
 mod api_errors;
+mod api_openapi;
 mod api_persist;
+mod api_prefixes;
 mod api_routes;
 mod api_schema;
 mod api_sse;
+mod api_sse_lag;
+mod api_tcping;
+mod api_tls;
 mod api_tunnel;
 mod cli;
 mod compromised_worker;

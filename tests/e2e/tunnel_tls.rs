@@ -2,7 +2,7 @@
 //! with a CA and a server certificate made here, verified against `sni`.
 
 use drover_e2e::io::{assert_echo, stream_echo_sha256};
-use drover_e2e::tls::make_pki;
+use drover_e2e::tls::{fingerprint_of, make_pki};
 use drover_e2e::topology::Plan;
 use drover_e2e::{
     DEADLINE, EchoServer, Mode, RecordingProxy, Tunnel, TunnelBuilder, Worker, free_port, pattern,
@@ -11,26 +11,6 @@ use drover_e2e::{
 
 /// The name the `tls=2` server certificate is made for.
 const SERVER_NAME: &str = "tunnel.drover.test";
-
-/// Extracts `<hex>` from the server's `fingerprint=sha256:<hex>` line.
-fn fingerprint_of(line: &str) -> String {
-    let start = line
-        .find("fingerprint=sha256:")
-        .unwrap_or_else(|| panic!("no fingerprint=sha256: in {line:?}"))
-        + "fingerprint=sha256:".len();
-    let hex: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    assert!(
-        hex.len() == 64
-            && hex
-                .chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
-        "the fingerprint in {line:?} is not 64 lowercase hex digits"
-    );
-    hex
-}
 
 /// Starts the server of `plan`, reads its fingerprint, and starts the client
 /// with `extra` appended to its URL (`{fp}` replaced by the fingerprint).

@@ -202,6 +202,18 @@ impl Resp {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
+    /// The methods of the `Allow` header, sorted (panics if there is none).
+    pub fn allow(&self) -> Vec<String> {
+        let mut allow: Vec<String> = self
+            .header("allow")
+            .unwrap_or_else(|| panic!("{}: no Allow header", self.what))
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect();
+        allow.sort();
+        allow
+    }
+
     /// The body as JSON (panics naming the request otherwise).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
@@ -412,6 +424,23 @@ pub fn assert_instance_shape(v: &Value) {
         w["last_exit"].is_string() || w["last_exit"].is_null(),
         "`worker.last_exit` in {v}"
     );
+}
+
+/// The stored fields of every instance (everything but live state), sorted
+/// by id: what must be the same after a master restart.
+pub fn stored_fields(list: &[Value]) -> Vec<Value> {
+    let mut out: Vec<Value> = list
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "id": v["id"], "alias": v["alias"], "type": v["type"], "url": v["url"],
+                "config": v["config"], "restart": v["restart"], "meta": v["meta"],
+                "tenant": v["tenant"],
+            })
+        })
+        .collect();
+    out.sort_by_key(|v| v["id"].as_str().unwrap_or_default().to_string());
+    out
 }
 
 /// `[tcprx, tcptx, udprx, udptx]` of an instance.

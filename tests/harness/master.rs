@@ -444,11 +444,13 @@ pub(crate) fn is_worker(pid: u32) -> bool {
     })
 }
 
-/// `… API listening on http://127.0.0.1:PORT/api addr=…` → (addr, `/api`).
+/// `… API listening on http[s]://127.0.0.1:PORT/api addr=…` → (addr, `/api`).
 pub(crate) fn parse_listen_line(line: &str) -> Option<(SocketAddr, String)> {
     let rest = &line[line.find(LISTEN_MARKER)? + LISTEN_MARKER.len()..];
     let url = rest.split_whitespace().next()?;
-    let hostpath = url.strip_prefix("http://")?;
+    let hostpath = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
     let (addr, path) = match hostpath.find('/') {
         Some(at) => (&hostpath[..at], &hostpath[at..]),
         None => (hostpath, ""),
@@ -493,5 +495,8 @@ mod tests {
         let (addr, prefix) = parse_listen_line(line).expect("parses");
         assert_eq!(addr.to_string(), "127.0.0.1:42369");
         assert_eq!(prefix, "/api");
+        let line = "2026-11-25T13:12:27.214148Z  INFO API listening on https://127.0.0.1:42369/x addr=127.0.0.1:42369 prefix=/x";
+        let (addr, prefix) = parse_listen_line(line).expect("parses https");
+        assert_eq!((addr.port(), prefix.as_str()), (42369, "/x"));
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
 
 use crate::DEADLINE;
@@ -98,8 +98,27 @@ impl SseStream {
         key: Option<&str>,
         last_event_id: Option<&str>,
     ) -> SseStream {
+        Self::open_with(
+            TcpSocket::new_v4().expect("socket"),
+            addr,
+            path,
+            key,
+            last_event_id,
+        )
+        .await
+    }
+
+    /// [`SseStream::open`] on `sock`, set up by the caller (e.g. a small
+    /// receive buffer).
+    pub async fn open_with(
+        sock: TcpSocket,
+        addr: SocketAddr,
+        path: &str,
+        key: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> SseStream {
         let end = Instant::now() + DEADLINE;
-        let mut sock = match timeout_at(end, TcpStream::connect(addr)).await {
+        let mut sock = match timeout_at(end, sock.connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => panic!("SSE: connecting to {addr}: {e}"),
             Err(_) => panic!("SSE: connecting to {addr}: no answer within {DEADLINE:?}"),
@@ -181,13 +200,12 @@ impl SseStream {
 
     /// Reads more socket bytes; false on EOF. Panics at `end`.
     async fn read_more(&mut self, end: Instant) -> bool {
-        let mut buf = [0u8; 64 * 1024];
-        match timeout_at(end, self.sock.read(&mut buf)).await {
+        // Straight into `wire`: a buffer on the stack would be part of every
+        // future that awaits this, and the tests' futures live on the stack.
+        self.wire.reserve(64 * 1024);
+        match timeout_at(end, self.sock.read_buf(&mut self.wire)).await {
             Ok(Ok(0)) => false,
-            Ok(Ok(n)) => {
-                self.wire.extend_from_slice(&buf[..n]);
-                true
-            }
+            Ok(Ok(_)) => true,
             Ok(Err(e)) => panic!("SSE: reading: {e}"),
             Err(_) => panic!(
                 "SSE: nothing more within the deadline; pending body bytes {:?}",
