@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{ApiError, State, json, object, parse_body, read_body};
 use crate::model::{InstanceView, KEY_RECORD_ID, MAX_FIELD, Peer, default_tenant};
 use crate::sse::EventKind;
-use crate::supervisor::NewInstance;
+use crate::supervisor::{NewInstance, RecordEdit};
 
 /// `GET /instances`: the `********` record first, then every instance.
 pub async fn list(state: State) -> HttpResponse {
@@ -173,29 +173,18 @@ pub async fn patch(
         meta,
         ..
     } = body;
-    let mut view = state
-        .sup
-        .update(&id, |r| {
-            if let Some(a) = alias {
-                r.alias = a;
-            }
-            if let Some(x) = restart {
-                r.restart = x;
-            }
-            if let Some(m) = meta {
-                if let Some(p) = m.peer {
-                    r.meta.peer = Peer {
-                        sid: p.sid.unwrap_or_default(),
-                        kind: p.kind.unwrap_or_default(),
-                        alias: p.alias.unwrap_or_default(),
-                    };
-                }
-                if let Some(tags) = m.tags {
-                    r.meta.tags = tags;
-                }
-            }
-        })
-        .await?;
+    let (peer, tags) = meta.map_or((None, None), |m| (m.peer, m.tags));
+    let edit = RecordEdit {
+        alias,
+        restart,
+        peer: peer.map(|p| Peer {
+            sid: p.sid.unwrap_or_default(),
+            kind: p.kind.unwrap_or_default(),
+            alias: p.alias.unwrap_or_default(),
+        }),
+        tags,
+    };
+    let mut view = state.sup.update(&id, &edit).await?;
     if let Some(action) = action {
         match action {
             Action::Start => state.sup.start(&id).await?,

@@ -11,9 +11,12 @@ pub mod instance;
 pub mod isolation;
 pub mod listeners;
 mod log_budget;
+mod patch;
 pub mod spares;
 pub mod spawn;
 pub mod state;
+
+pub use patch::RecordEdit;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -389,28 +392,6 @@ impl Supervisor {
             .hub
             .publish(EventKind::Update, Some(&inst.view()), "");
         Ok(())
-    }
-
-    /// Changes stored fields (alias, restart, meta) and persists them.
-    pub async fn update(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut InstanceRecord),
-    ) -> Result<InstanceView, SupError> {
-        let inst = self.require(id)?;
-        {
-            let mut s = inst.lock();
-            let mut r = s.record.clone();
-            f(&mut r);
-            if r == s.record {
-                return Ok(s.view());
-            }
-            s.record = r;
-        }
-        self.persist(&inst).await?;
-        let view = inst.view();
-        self.shared.hub.publish(EventKind::Update, Some(&view), "");
-        Ok(view)
     }
 
     /// PUT: a new URL; 409 when it is unchanged or its ports are taken.
