@@ -6,7 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use drover_e2e::api::id_of;
-use drover_e2e::{Api, KEY_ID, Master, free_addr};
+use drover_e2e::lifecycle::wait_ready;
+use drover_e2e::{Api, DEADLINE, KEY_ID, Master, free_addr};
 
 /// Both spellings of the API of `master`.
 fn spellings(master: &Master) -> [Api; 2] {
@@ -454,6 +455,39 @@ async fn conflicts_are_409() {
         "still running after a refused PUT: {now}"
     );
     drop(held);
+}
+
+/// PATCH start on a stopped instance whose port another process took is 409
+/// with JSON and applies nothing (not the alias that came with it); once the
+/// port is free again, PATCH start works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_start_on_a_taken_port_is_409_and_changes_nothing() {
+    let master = Master::start().await;
+    let api = master.api();
+    let tunnel = free_addr();
+    let created = api
+        .create_url(&format!("server://{tunnel}/{}?mode=1", free_addr()))
+        .await;
+    let id = id_of(&created);
+    let path = format!("/instances/{id}");
+    api.patch_instance(&id, json!({ "action": "stop" })).await;
+
+    let held = std::net::TcpListener::bind(tunnel).expect("bind the freed tunnel port");
+    let msg = api
+        .patch(&path, &json!({ "alias": "x", "action": "start" }))
+        .await
+        .assert_error_prefix(409, "Instance port conflict: ");
+    assert_port_named(&msg, tunnel);
+    let now = api.instance(&id).await;
+    assert_eq!(now["alias"], "", "a refused PATCH must not apply its alias");
+    assert_eq!(now["status"], "stopped", "{now}");
+
+    drop(held);
+    let started = api
+        .patch_instance(&id, json!({ "alias": "x", "action": "start" }))
+        .await;
+    assert_eq!(started["alias"], "x");
+    wait_ready(&api, &id, None, DEADLINE).await;
 }
 
 fn assert_port_named(msg: &str, addr: std::net::SocketAddr) {

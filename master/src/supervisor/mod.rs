@@ -16,7 +16,7 @@ pub mod spares;
 pub mod spawn;
 pub mod state;
 
-pub use patch::RecordEdit;
+pub use patch::{Action, RecordEdit};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -177,8 +177,8 @@ impl Supervisor {
                 .expect("instances lock")
                 .insert(id.clone(), inst.clone());
             if autostart {
-                match self.prepare_start(&inst, &spec).await {
-                    Ok(l) => inst.send(Command::Start(l)),
+                match self.acquire(&inst, &spec).await {
+                    Ok(l) => self.launch(&inst, l),
                     Err(e) => {
                         inst.lock().status = Status::Error;
                         problems.push(format!("instance {id}: not started: {e}"));
@@ -190,12 +190,9 @@ impl Supervisor {
     }
 
     /// Binds an instance's listeners (a conflict is a synchronous error) and
-    /// makes sure a `tls=1` server has its certificate.
-    async fn prepare_start(
-        &self,
-        inst: &Instance,
-        spec: &TunnelSpec,
-    ) -> Result<Listeners, SupError> {
+    /// makes sure a `tls=1` server has its certificate. Changes nothing the
+    /// API shows: the caller starts the instance with [`Supervisor::launch`].
+    async fn acquire(&self, inst: &Instance, spec: &TunnelSpec) -> Result<Listeners, SupError> {
         let listeners = Listeners::bind_for(spec)?;
         if spec.role == proto::Role::Server
             && spec.params.tls == 1
@@ -210,8 +207,13 @@ impl Supervisor {
             inst.lock().record.cert = Some(cert);
             self.persist(inst).await?;
         }
-        inst.lock().status = Status::Running;
         Ok(listeners)
+    }
+
+    /// Runs a worker on listeners from [`Supervisor::acquire`].
+    fn launch(&self, inst: &Instance, listeners: Listeners) {
+        inst.lock().status = Status::Running;
+        inst.send(Command::Start(listeners));
     }
 
     /// Writes the instance's record as it is when the write's turn comes
@@ -312,7 +314,7 @@ impl Supervisor {
             Counters::default(),
             self.shared.clone(),
         );
-        let listeners = match self.prepare_start(&inst, &spec).await {
+        let listeners = match self.acquire(&inst, &spec).await {
             Ok(l) => l,
             Err(e) => {
                 inst.send(Command::Delete(oneshot::channel().0));
@@ -328,70 +330,12 @@ impl Supervisor {
             .expect("instances lock")
             .insert(id, inst.clone());
         inst.lock().worker = instance::WorkerState::Starting;
+        inst.lock().status = Status::Running;
         // `create` goes out before the task's first `update` can.
         let view = inst.view();
         self.shared.hub.publish(EventKind::Create, Some(&view), "");
         inst.send(Command::Start(listeners));
         Ok(view)
-    }
-
-    /// PATCH action start: a stopped instance starts; a failed one restarts.
-    pub async fn start(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        let (status, spec) = {
-            let s = inst.lock();
-            (s.status, s.spec.clone())
-        };
-        match status {
-            Status::Running => Ok(()),
-            Status::Error
-                if inst.lock().pid.is_some()
-                    || inst.lock().worker != instance::WorkerState::Parked =>
-            {
-                inst.send(Command::Restart);
-                Ok(())
-            }
-            _ => {
-                let l = self.prepare_start(&inst, &spec).await?;
-                inst.send(Command::Start(l));
-                Ok(())
-            }
-        }
-    }
-
-    /// PATCH action stop: waits until the worker is gone.
-    pub async fn stop(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        if inst.lock().status == Status::Stopped {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        inst.send(Command::Stop(tx));
-        let _ = rx.await;
-        Ok(())
-    }
-
-    /// PATCH action restart: a fresh worker, listeners kept.
-    pub async fn restart(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        if inst.lock().status == Status::Stopped {
-            return self.start(id).await;
-        }
-        inst.send(Command::Restart);
-        Ok(())
-    }
-
-    /// PATCH action reset: zero the counters, on disk before the answer.
-    pub async fn reset(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        inst.lock().reset_counters();
-        inst.persist_counters(&self.shared.store)
-            .await
-            .map_err(|e| SupError::Store(e.to_string()))?;
-        self.shared
-            .hub
-            .publish(EventKind::Update, Some(&inst.view()), "");
-        Ok(())
     }
 
     /// PUT: a new URL; 409 when it is unchanged or its ports are taken.
@@ -402,7 +346,7 @@ impl Supervisor {
             return Err(SupError::Conflict("Instance URL conflict".into()));
         }
         let old_spec = inst.lock().spec.clone();
-        self.stop(id).await?;
+        self.stop(&inst).await;
         let listeners = match Listeners::bind_for(&spec) {
             Ok(l) => l,
             Err(e) => {
@@ -424,8 +368,8 @@ impl Supervisor {
         }
         self.persist(&inst).await?;
         drop(listeners);
-        let l = self.prepare_start(&inst, &spec).await?;
-        inst.send(Command::Start(l));
+        let l = self.acquire(&inst, &spec).await?;
+        self.launch(&inst, l);
         let view = inst.view();
         self.shared.hub.publish(EventKind::Update, Some(&view), "");
         Ok(view)
