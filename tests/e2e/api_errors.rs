@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use drover_e2e::api::id_of;
 use drover_e2e::lifecycle::wait_ready;
-use drover_e2e::{Api, DEADLINE, KEY_ID, Master, free_addr};
+use drover_e2e::procs::tcp_port_free;
+use drover_e2e::{Api, DEADLINE, KEY_ID, Master, free_addr, wait_for, wait_until};
 
 /// Both spellings of the API of `master`.
 fn spellings(master: &Master) -> [Api; 2] {
@@ -472,7 +473,12 @@ async fn patch_start_on_a_taken_port_is_409_and_changes_nothing() {
     let path = format!("/instances/{id}");
     api.patch_instance(&id, json!({ "action": "stop" })).await;
 
-    let held = std::net::TcpListener::bind(tunnel).expect("bind the freed tunnel port");
+    // A process forking at that moment may hold a copy of the socket for a
+    // few milliseconds (until its exec closes it).
+    let held = wait_for(DEADLINE, "the freed tunnel port to bind", || async {
+        std::net::TcpListener::bind(tunnel).ok()
+    })
+    .await;
     let msg = api
         .patch(&path, &json!({ "alias": "x", "action": "start" }))
         .await
@@ -483,11 +489,52 @@ async fn patch_start_on_a_taken_port_is_409_and_changes_nothing() {
     assert_eq!(now["status"], "stopped", "{now}");
 
     drop(held);
-    let started = api
-        .patch_instance(&id, json!({ "alias": "x", "action": "start" }))
-        .await;
+    // Retried for the same reason: a refused try changes nothing.
+    let started = wait_for(DEADLINE, "PATCH start once the port is free", || async {
+        let resp = api
+            .patch(&path, &json!({ "alias": "x", "action": "start" }))
+            .await;
+        (resp.status == 200).then(|| resp.json())
+    })
+    .await;
     assert_eq!(started["alias"], "x");
     wait_ready(&api, &id, None, DEADLINE).await;
+}
+
+/// PUT onto a port another process holds, on a stopped instance: 409, and
+/// the instance stays stopped on its old URL, its ports not taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_put_leaves_a_stopped_instance_stopped() {
+    let master = Master::start().await;
+    let api = master.api();
+    let (tunnel, entrance) = (free_addr(), free_addr());
+    let created = api
+        .create_url(&format!("server://{tunnel}/{entrance}?mode=1"))
+        .await;
+    let id = id_of(&created);
+    api.patch_instance(&id, json!({ "action": "stop" })).await;
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held_addr = held.local_addr().expect("addr");
+    let msg = api
+        .put(
+            &format!("/instances/{id}"),
+            &json!({ "url": format!("server://{held_addr}/{}?mode=1", free_addr()) }),
+        )
+        .await
+        .assert_error_prefix(409, "Instance port conflict: ");
+    assert_port_named(&msg, held_addr);
+    let now = api.instance(&id).await;
+    assert_eq!(now["url"], created["url"], "URL unchanged");
+    assert_eq!(now["status"], "stopped", "still stopped: {now}");
+    assert_eq!(now["worker"]["pid"], Value::Null, "no worker: {now}");
+    // Not at once: a process forking meanwhile may hold a copy for a moment.
+    wait_until(
+        DEADLINE,
+        "the old ports to be free (a refused PUT must not bind them again)",
+        || tcp_port_free(tunnel) && tcp_port_free(entrance),
+    )
+    .await;
 }
 
 fn assert_port_named(msg: &str, addr: std::net::SocketAddr) {

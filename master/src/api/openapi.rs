@@ -243,8 +243,10 @@ fn paths() -> Value {
                 "PatchInstance",
                 responses(&[("200", instance())], &[400, 401, 404, 405, 409, 413, 500])),
             "put": op_with_body("instances", "replaceInstanceUrl", "Replace an instance's URL",
-                "Stops the instance, replaces `url` (and `type`, `config`), starts it again. \
-                 Alias, restart, meta and counters are kept. 409 if the URL is unchanged.",
+                "Replaces `url` (and `type`, `config`) and runs the instance on it, stopped \
+                 or not; the listeners of addresses that stay are kept. Alias, restart, meta \
+                 and counters are kept. 409 if the URL is unchanged or a new port is taken; \
+                 a refused PUT changes nothing.",
                 "PutInstance",
                 responses(&[("200", instance())], &[400, 401, 403, 404, 405, 409, 413, 500])),
             "delete": op("instances", "deleteInstance", "Delete an instance",

@@ -108,6 +108,20 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// A `tls=1` server keeps a self-signed certificate in its record.
+fn needs_cert(spec: &TunnelSpec) -> bool {
+    spec.role == proto::Role::Server && spec.params.tls == 1
+}
+
+fn new_cert() -> Result<CertRecord, SupError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
+        .map_err(|e| SupError::Invalid(format!("self-signed certificate: {e}")))?;
+    Ok(CertRecord {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
+    })
+}
+
 /// `[a-z0-9_-]{1,32}`.
 pub fn valid_tenant(t: &str) -> bool {
     (1..=32).contains(&t.len())
@@ -194,17 +208,8 @@ impl Supervisor {
     /// API shows: the caller starts the instance with [`Supervisor::launch`].
     async fn acquire(&self, inst: &Instance, spec: &TunnelSpec) -> Result<Listeners, SupError> {
         let listeners = Listeners::bind_for(spec)?;
-        if spec.role == proto::Role::Server
-            && spec.params.tls == 1
-            && inst.lock().record.cert.is_none()
-        {
-            let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
-                .map_err(|e| SupError::Invalid(format!("self-signed certificate: {e}")))?;
-            let cert = CertRecord {
-                cert_pem: ck.cert.pem(),
-                key_pem: ck.signing_key.serialize_pem(),
-            };
-            inst.lock().record.cert = Some(cert);
+        if needs_cert(spec) && inst.lock().record.cert.is_none() {
+            inst.lock().record.cert = Some(new_cert()?);
             self.persist(inst).await?;
         }
         Ok(listeners)
@@ -338,38 +343,51 @@ impl Supervisor {
         Ok(view)
     }
 
-    /// PUT: a new URL; 409 when it is unchanged or its ports are taken.
+    /// PUT: a new URL, all or nothing. Its listeners are bound first,
+    /// sharing the sockets of addresses the instance keeps (it holds them, so
+    /// binding them again would fail); a taken port is a 409 that leaves the
+    /// state, the listeners and the store as they were. Then the URL is
+    /// persisted and the worker restarted on the new listeners, the answer
+    /// coming once the old ones not kept are closed. A stopped instance
+    /// starts, as NodePass's PUT does.
     pub async fn set_url(&self, id: &str, url: &str) -> Result<InstanceView, SupError> {
         let inst = self.require(id)?;
         let (url, spec) = self.normalise(url)?;
-        if inst.lock().record.url == url {
-            return Err(SupError::Conflict("Instance URL conflict".into()));
-        }
-        let old_spec = inst.lock().spec.clone();
-        self.stop(&inst).await;
-        let listeners = match Listeners::bind_for(&spec) {
-            Ok(l) => l,
-            Err(e) => {
-                // Put the old tunnel back as it was before refusing.
-                if let Ok(l) = Listeners::bind_for(&old_spec) {
-                    inst.lock().status = Status::Running;
-                    inst.send(Command::Start(l));
-                }
-                return Err(e.into());
+        let (old, held) = {
+            let s = inst.lock();
+            if s.record.url == url {
+                return Err(SupError::Conflict("Instance URL conflict".into()));
             }
+            let held = s.listeners.clone().unwrap_or_default();
+            ((s.record.clone(), s.spec.clone()), held)
         };
+        let listeners = Listeners::bind_reusing(&spec, &held)?;
+        drop(held);
+        let mut record = old.0.clone();
+        record.url = url;
+        if old.1.params.tls != spec.params.tls {
+            record.cert = None;
+        }
+        if needs_cert(&spec) && record.cert.is_none() {
+            record.cert = Some(new_cert()?);
+        }
         {
             let mut s = inst.lock();
-            s.record.url = url;
-            if s.spec.params.tls != spec.params.tls {
-                s.record.cert = None;
-            }
-            s.spec = spec.clone();
+            s.record.url.clone_from(&record.url);
+            s.record.cert = record.cert;
+            s.spec = spec;
         }
-        self.persist(&inst).await?;
-        drop(listeners);
-        let l = self.acquire(&inst, &spec).await?;
-        self.launch(&inst, l);
+        if let Err(e) = self.persist(&inst).await {
+            let mut s = inst.lock();
+            s.record.url = old.0.url;
+            s.record.cert = old.0.cert;
+            s.spec = old.1;
+            return Err(e);
+        }
+        inst.lock().status = Status::Running;
+        let (done, swapped) = oneshot::channel();
+        inst.send(Command::Replace(listeners, done));
+        let _ = swapped.await;
         let view = inst.view();
         self.shared.hub.publish(EventKind::Update, Some(&view), "");
         Ok(view)
