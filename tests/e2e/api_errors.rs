@@ -185,7 +185,8 @@ async fn body_errors() {
 }
 
 /// A URL that cannot be used is 400 `Invalid URL: …` naming the part at
-/// fault, on POST and on PUT; nothing is created or changed.
+/// fault, on POST and on PUT; nothing is created or changed. NodePassDash's
+/// `type=0&block=0&lbs=0` are fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_url_names_the_part() {
     let master = Master::start().await;
@@ -236,6 +237,18 @@ async fn invalid_url_names_the_part() {
         "PUT with a bad URL changed nothing"
     );
     assert_eq!(now["status"], "running");
+
+    // What NodePassDash writes into the URLs it builds is accepted.
+    for url in [
+        format!(
+            "server://{}/{}?mode=1&type=0&block=0&lbs=0",
+            free_addr(),
+            free_addr()
+        ),
+        format!("client://{}/127.0.0.1:9?mode=1&lbs=0", free_addr()),
+    ] {
+        master.api().create_url(&url).await;
+    }
 }
 
 /// `Invalid action: x`; field lengths over 256 bytes (256 is fine); a
@@ -298,6 +311,14 @@ async fn action_and_length_errors() {
         api.post("/instances", &json!({ "url": server_url(), "alias": long }))
             .await
             .assert_error(400, "Instance alias exceeds maximum length 256");
+        for tenant in ["", "Upper", "a b", "x/y", "é", &"t".repeat(33)] {
+            api.post(
+                "/instances",
+                &json!({ "url": server_url(), "tenant": tenant }),
+            )
+            .await
+            .assert_error(400, "Invalid tenant: expected [a-z0-9_-]{1,32}");
+        }
         api.post("/info", &json!({ "alias": long }))
             .await
             .assert_error(400, "Master alias exceeds maximum length 256");

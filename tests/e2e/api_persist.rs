@@ -239,3 +239,43 @@ async fn state_survives_sigkill() {
     let master = Master::restart(&master).await;
     check_restored(&master, &s, &before, &old_pids, full).await;
 }
+
+/// SIGINT stops the master as SIGTERM does: exit 0, its workers gone, what
+/// was set on disk (a new master has the alias and runs the instance again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_like_sigterm() {
+    let master = Master::start().await;
+    let api = master.api();
+    let created = api
+        .create(json!({
+            "url": format!("server://{}/{}?mode=1", free_addr(), free_addr()),
+            "alias": "interrupted",
+        }))
+        .await;
+    let id = id_of(&created);
+    let pid = wait_for(DEADLINE, "a ready worker", || async {
+        let v = api.instance(&id).await;
+        worker_pid(&v).filter(|_| worker_state(&v) == "ready")
+    })
+    .await;
+    master.signal(nix::sys::signal::Signal::SIGINT);
+    let status = master.wait_exit(DEADLINE).await;
+    assert!(
+        status.success(),
+        "exit after SIGINT: {status}\n{}",
+        master.dump()
+    );
+    assert!(
+        !proc_alive(pid),
+        "worker {pid} outlived the master's SIGINT stop"
+    );
+
+    let master = Master::restart(&master).await;
+    let api = master.api();
+    assert_eq!(api.instance(&id).await["alias"], "interrupted");
+    wait_for(DEADLINE, "the instance running again", || async {
+        let v = api.instance(&id).await;
+        worker_pid(&v).filter(|_| worker_state(&v) == "ready")
+    })
+    .await;
+}

@@ -402,3 +402,25 @@ async fn put_keeping_the_port_serves_the_new_target() {
     );
     assert!(new.accepted() >= 1, "served by the new target");
 }
+
+/// `PATCH {"action":"restart"}` on a healthy running instance: a new worker
+/// process (the old one gone), serving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_restart_gives_a_new_worker_that_serves() {
+    let master = Master::start().await;
+    let api = master.api();
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let id = id_of(
+        &api.create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
+            .await,
+    );
+    let pid = ready_pid(&api, &id).await;
+    assert_echo(entrance, b"before the restart").await;
+    api.patch_instance(&id, json!({ "action": "restart" }))
+        .await;
+    let (new_pid, _) = wait_ready(&api, &id, Some(pid), DEADLINE).await;
+    assert!(!proc_alive(pid), "the old worker {pid} is gone");
+    assert!(proc_alive(new_pid));
+    assert_echo(entrance, b"after the restart").await;
+}
