@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use drover_e2e::api::{ReversePair, counters, id_of, worker_pid, worker_state};
 use drover_e2e::io::stream_echo_sha256;
+use drover_e2e::lifecycle::wait_ready;
 use drover_e2e::procs::{proc_alive, tcp_port_free, udp_port_free};
 use drover_e2e::{
     Api, DEADLINE, EchoServer, KEY_ID, Master, free_addr, random_bytes, wait_for, wait_until,
@@ -253,11 +254,7 @@ async fn sigint_stops_like_sigterm() {
         }))
         .await;
     let id = id_of(&created);
-    let pid = wait_for(DEADLINE, "a ready worker", || async {
-        let v = api.instance(&id).await;
-        worker_pid(&v).filter(|_| worker_state(&v) == "ready")
-    })
-    .await;
+    let (pid, _) = wait_ready(&api, &id, None, DEADLINE).await;
     master.signal(nix::sys::signal::Signal::SIGINT);
     let status = master.wait_exit(DEADLINE).await;
     assert!(
@@ -273,9 +270,5 @@ async fn sigint_stops_like_sigterm() {
     let master = Master::restart(&master).await;
     let api = master.api();
     assert_eq!(api.instance(&id).await["alias"], "interrupted");
-    wait_for(DEADLINE, "the instance running again", || async {
-        let v = api.instance(&id).await;
-        worker_pid(&v).filter(|_| worker_state(&v) == "ready")
-    })
-    .await;
+    wait_ready(&api, &id, None, DEADLINE).await;
 }

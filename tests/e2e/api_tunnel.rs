@@ -37,6 +37,37 @@ async fn ready_pid(api: &Api, id: &str) -> u32 {
     .await
 }
 
+/// A master with one single-end client instance (entrance → an echo
+/// backend) whose worker is ready.
+struct Forwarder {
+    master: Master,
+    echo: EchoServer,
+    entrance: std::net::SocketAddr,
+    id: String,
+    url: serde_json::Value,
+    pid: u32,
+}
+
+async fn forwarder() -> Forwarder {
+    let master = Master::start().await;
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let created = master
+        .api()
+        .create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
+        .await;
+    let id = id_of(&created);
+    let pid = ready_pid(&master.api(), &id).await;
+    Forwarder {
+        master,
+        echo,
+        entrance,
+        id,
+        url: created["url"].clone(),
+        pid,
+    }
+}
+
 /// A server instance and a client instance (reverse mode) carry 8 MiB to an
 /// echo backend and back with matching SHA-256; the counters move by exactly
 /// that on both (next stats report); `PATCH reset` zeroes them: in its
@@ -214,15 +245,15 @@ async fn each_instance_is_its_own_worker_process() {
 /// new traffic adds to it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_replaced_and_counters_carry_over() {
-    let master = Master::start().await;
+    let Forwarder {
+        master,
+        echo: _echo,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
     let api = master.api();
-    let echo = EchoServer::start().await;
-    let entrance = free_addr();
-    let id = id_of(
-        &api.create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
-            .await,
-    );
-    let pid = ready_pid(&api, &id).await;
     stream_echo_sha256(entrance, random_bytes(FIRST as usize)).await;
     wait_for(
         DEADLINE,
@@ -305,15 +336,15 @@ async fn forward_pair_opens_its_entrance_at_the_client() {
 /// is the same process, on the same URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_put_keeps_a_running_instance_serving() {
-    let master = Master::start().await;
+    let Forwarder {
+        master,
+        echo,
+        entrance,
+        id,
+        url: created_url,
+        pid,
+    } = forwarder().await;
     let api = master.api();
-    let echo = EchoServer::start().await;
-    let entrance = free_addr();
-    let created = api
-        .create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
-        .await;
-    let id = id_of(&created);
-    let pid = ready_pid(&api, &id).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -357,7 +388,7 @@ async fn refused_put_keeps_a_running_instance_serving() {
         "connections failed across a refused PUT: {failures:?}"
     );
     let now = api.instance(&id).await;
-    assert_eq!(now["url"], created["url"]);
+    assert_eq!(now["url"], created_url);
     assert_eq!(
         worker_pid(&now),
         Some(pid),
@@ -369,15 +400,16 @@ async fn refused_put_keeps_a_running_instance_serving() {
 /// then serves the new target through the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_keeping_the_port_serves_the_new_target() {
-    let master = Master::start().await;
+    let Forwarder {
+        master,
+        echo: old,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
     let api = master.api();
-    let (old, new) = (EchoServer::start().await, EchoServer::start().await);
-    let entrance = free_addr();
-    let id = id_of(
-        &api.create_url(&format!("client://{entrance}/{}?mode=1", old.addr))
-            .await,
-    );
-    let pid = ready_pid(&api, &id).await;
+    let new = EchoServer::start().await;
     assert_echo(entrance, b"to the old target").await;
     let to_old = old.accepted();
     assert!(to_old >= 1 && new.accepted() == 0);
@@ -407,15 +439,15 @@ async fn put_keeping_the_port_serves_the_new_target() {
 /// process (the old one gone), serving again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_restart_gives_a_new_worker_that_serves() {
-    let master = Master::start().await;
+    let Forwarder {
+        master,
+        echo: _echo,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
     let api = master.api();
-    let echo = EchoServer::start().await;
-    let entrance = free_addr();
-    let id = id_of(
-        &api.create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
-            .await,
-    );
-    let pid = ready_pid(&api, &id).await;
     assert_echo(entrance, b"before the restart").await;
     api.patch_instance(&id, json!({ "action": "restart" }))
         .await;
