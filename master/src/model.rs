@@ -11,6 +11,11 @@ pub const KEY_RECORD_ID: &str = "********";
 pub const SCHEMA_VERSION: u32 = 1;
 /// Longest alias, meta string or client id accepted (bytes).
 pub const MAX_FIELD: usize = 256;
+/// Largest `meta` accepted, in bytes of its JSON. With the URL (8192 bytes,
+/// canonical) and the fields above, it bounds an instance's JSON well under
+/// the 64 KiB of an SSE frame (`crate::sse::FRAME_LIMIT`), which must carry
+/// it whole.
+pub const MAX_META: usize = 16 * 1024;
 
 /// `meta.peer` as NodePassDash uses it (opaque strings).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +35,13 @@ pub struct Meta {
     pub peer: Peer,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+impl Meta {
+    /// Bytes of its JSON, as the API and SSE send it (see [`MAX_META`]).
+    pub fn json_len(&self) -> usize {
+        serde_json::to_vec(self).map_or(usize::MAX, |v| v.len())
+    }
 }
 
 /// `tls=1` certificate kept per instance so its fingerprint survives restarts.

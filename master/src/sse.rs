@@ -39,6 +39,8 @@ use tokio::time::Sleep;
 
 use crate::model::InstanceView;
 
+mod shrink;
+
 /// Silence after which a stream gets a `: keepalive` comment.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Every frame is strictly shorter than this; long `logs` are cut to fit.
@@ -620,10 +622,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// `event: instance\ndata: {…}\n\n`: a frame without its id line, small
-/// enough that the whole frame stays under [`FRAME_LIMIT`] (`logs` is cut on
-/// a char boundary and marked with `…` when needed).
+/// enough that the whole frame stays under [`FRAME_LIMIT`]: `logs` is cut on
+/// a char boundary and marked with `…` when needed, and an instance too large
+/// for a frame of its own has its long strings cut ([`shrink`]).
 fn frame_body(kind: EventKind, instance: Option<&InstanceView>, logs: &str, time: &str) -> Bytes {
-    let encode = |logs: &str| {
+    let encode = |instance: Option<&InstanceView>, logs: &str| {
         let mut out = Vec::with_capacity(512 + logs.len());
         out.extend_from_slice(b"event: instance\ndata: ");
         let data = EventData {
@@ -636,26 +639,29 @@ fn frame_body(kind: EventKind, instance: Option<&InstanceView>, logs: &str, time
         out.extend_from_slice(b"\n\n");
         out
     };
-    let full = encode(logs);
-    if full.len() + ID_LINE_MAX < FRAME_LIMIT {
+    let fits = |len: usize| len + ID_LINE_MAX < FRAME_LIMIT;
+    let full = encode(instance, logs);
+    if fits(full.len()) {
         return full.into();
     }
-    let fixed = encode("").len() + json_str_len(CUT_MARK) + ID_LINE_MAX;
-    if logs.is_empty() || fixed >= FRAME_LIMIT {
-        tracing::warn!(bytes = full.len(), "sse frame over the size limit");
-        return full.into();
+    let mut bare = encode(instance, "").len();
+    let shrunk;
+    let mut instance = instance;
+    if !fits(bare + json_str_len(CUT_MARK)) {
+        tracing::warn!(
+            bytes = bare,
+            "sse: an instance too large for one frame is sent with its long fields cut"
+        );
+        shrunk = instance.map(shrink::shrink);
+        instance = shrunk.as_ref();
+        bare = encode(instance, "").len();
     }
-    let budget = FRAME_LIMIT - 1 - fixed;
-    let mut used = 0;
-    let mut cut = logs.len();
-    for (at, c) in logs.char_indices() {
-        used += json_char_len(c);
-        if used > budget {
-            cut = at;
-            break;
-        }
-    }
-    encode(&format!("{}{CUT_MARK}", &logs[..cut])).into()
+    let mut logs = logs.to_owned();
+    shrink::cut(
+        &mut logs,
+        (FRAME_LIMIT - 1 - ID_LINE_MAX).saturating_sub(bare),
+    );
+    encode(instance, &logs).into()
 }
 
 /// Bytes `c` takes inside a JSON string as serde_json writes it.
@@ -1084,6 +1090,82 @@ mod tests {
         assert!(line.starts_with(kept));
         let short = frame_body(EventKind::Log, Some(&v), "short", "t");
         assert!(frames(&stamp(1, &short))[0].json()["logs"] == "short");
+    }
+
+    /// The largest record the API accepts, every string at its worst JSON
+    /// escaping (URL and config 8192+ bytes of `"`, alias 256 control chars,
+    /// meta at `MAX_META`), fits in one frame as it is: nothing is cut.
+    #[test]
+    fn a_maximal_record_fits_whole() {
+        use crate::model::{MAX_FIELD, MAX_META};
+        let mut v = view("a1b2c3d4");
+        v.url = "\"".repeat(8192);
+        v.config = "\"".repeat(8192 + 512);
+        v.alias = "\u{1}".repeat(MAX_FIELD);
+        v.tenant = "t".repeat(32);
+        v.meta.peer.sid = "\u{1}".repeat(MAX_FIELD);
+        for i in 0.. {
+            let mut more = v.meta.clone();
+            more.tags.insert(format!("{i:08}"), "\u{1}".repeat(40));
+            if more.json_len() > MAX_META {
+                break;
+            }
+            v.meta = more;
+        }
+        assert!(v.meta.json_len() > MAX_META - 300, "{}", v.meta.json_len());
+        let w = v.worker.as_mut().expect("worker");
+        w.entry = Some("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535".into());
+        w.last_exit = Some(format!("signal 9 (SIGKILL): {}", "x".repeat(512)));
+        for kind in [EventKind::Initial, EventKind::Update, EventKind::Log] {
+            let frame = stamp(u64::MAX, &frame_body(kind, Some(&v), "", "t"));
+            assert!(frame.len() < FRAME_LIMIT, "{}", frame.len());
+            let sent: InstanceView =
+                serde_json::from_value(frames(&frame)[0].json()["instance"].clone())
+                    .expect("instance");
+            assert_eq!(sent, v, "nothing cut");
+        }
+    }
+
+    /// An instance whose JSON alone exceeds a frame (what a worker reports is
+    /// not bounded by the API) is sent with long strings and surplus tags
+    /// cut, every key still there, and still with room for a `logs` line.
+    #[test]
+    fn an_oversized_instance_is_cut_to_fit() {
+        let huge = "\u{1}é\"".repeat(40_000);
+        let mut v = view("a1b2c3d4");
+        v.url = huge.clone();
+        v.config = huge.clone();
+        v.alias = huge.clone();
+        v.meta.peer.alias = huge.clone();
+        for i in 0..5_000 {
+            v.meta.tags.insert(format!("k{i}"), "\u{1}".repeat(30));
+        }
+        v.meta.tags.insert("a".into(), huge.clone());
+        let w = v.worker.as_mut().expect("worker");
+        w.entry = Some(huge.clone());
+        w.last_exit = Some(huge.clone());
+        for logs in ["", "a line", huge.as_str()] {
+            let frame = stamp(u64::MAX, &frame_body(EventKind::Log, Some(&v), logs, "t"));
+            assert!(frame.len() < FRAME_LIMIT, "{}", frame.len());
+            let data = frames(&frame)[0].json();
+            let sent: InstanceView =
+                serde_json::from_value(data["instance"].clone()).expect("every key present");
+            assert_eq!(sent.id, v.id);
+            assert!(
+                sent.url.ends_with(CUT_MARK)
+                    && huge.starts_with(sent.url.trim_end_matches(CUT_MARK))
+            );
+            assert!(!sent.meta.tags.is_empty() && !sent.meta.tags.contains_key("a"));
+            assert!(
+                sent.meta
+                    .tags
+                    .iter()
+                    .all(|(k, val)| v.meta.tags.get(k) == Some(val))
+            );
+            if logs == "a line" {
+                assert_eq!(data["logs"], "a line", "a short line is kept whole");
+            }
+        }
     }
 
     /// First bytes are `retry: 3000`, then one `initial` per snapshot entry in

@@ -502,14 +502,14 @@ async fn idle_connections_do_not_starve_the_api() {
 }
 
 /// SSE subscribers that never read: while 16 of them sit on full sockets
-/// and 300 events of ~60 KiB each are published (18 MB; kept for every
-/// stalled stream that would be ~290 MB), a reading subscriber receives every
+/// and 800 events of ~16 KiB each are published (12.6 MB; kept for every
+/// stalled stream that would be ~200 MB), a reading subscriber receives every
 /// event, the master's RSS stays bounded, and once the stalled clients go
 /// away the master forgets them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_clients_that_never_read_cost_bounded_memory() {
     const STALLED: usize = 16;
-    const EVENTS: usize = 300;
+    const EVENTS: usize = 800;
     let master = Master::start().await;
     let id = id_of(&master.api().create_url(&server_url()).await);
     let inst = format!("/instances/{id}");
@@ -547,9 +547,9 @@ async fn sse_clients_that_never_read_cost_bounded_memory() {
     })
     .await;
     let before = rss_kib(master.pid());
-    // Distinct ~60 KiB frames: 230 tags of 256 bytes.
+    // Distinct ~16 KiB frames: 58 tags of 256 bytes (meta's limit is 16 KiB).
     for n in 0..EVENTS {
-        let tags: serde_json::Map<String, Value> = (0..230)
+        let tags: serde_json::Map<String, Value> = (0..58)
             .map(|t| (format!("t{t:03}-{n}"), json!(format!("{n:0>256}"))))
             .collect();
         let alias = if n + 1 == EVENTS {
@@ -570,7 +570,7 @@ async fn sse_clients_that_never_read_cost_bounded_memory() {
     assert_eq!(last.instance_id().as_deref(), Some(id.as_str()));
     let after = rss_kib(master.pid());
     // The replay ring may keep up to 16 MiB and the store caches writes; a
-    // copy per stalled stream would be ~290 MB.
+    // copy per stalled stream would be ~200 MB.
     assert!(
         after < before + 96 * 1024,
         "master RSS grew from {before} KiB to {after} KiB with {STALLED} stalled streams"

@@ -6,7 +6,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use drover_e2e::api::id_of;
-use drover_e2e::{Api, KEY_ID, Master, free_addr};
+use drover_e2e::lifecycle::wait_ready;
+use drover_e2e::procs::tcp_port_free;
+use drover_e2e::{Api, DEADLINE, KEY_ID, Master, free_addr, wait_for, wait_until};
 
 /// Both spellings of the API of `master`.
 fn spellings(master: &Master) -> [Api; 2] {
@@ -188,7 +190,8 @@ async fn body_errors() {
 }
 
 /// A URL that cannot be used is 400 `Invalid URL: …` naming the part at
-/// fault, on POST and on PUT; nothing is created or changed.
+/// fault, on POST and on PUT; nothing is created or changed. NodePassDash's
+/// `type=0&block=0&lbs=0` are fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_url_names_the_part() {
     let master = Master::start().await;
@@ -239,6 +242,18 @@ async fn invalid_url_names_the_part() {
         "PUT with a bad URL changed nothing"
     );
     assert_eq!(now["status"], "running");
+
+    // What NodePassDash writes into the URLs it builds is accepted.
+    for url in [
+        format!(
+            "server://{}/{}?mode=1&type=0&block=0&lbs=0",
+            free_addr(),
+            free_addr()
+        ),
+        format!("client://{}/127.0.0.1:9?mode=1&lbs=0", free_addr()),
+    ] {
+        master.api().create_url(&url).await;
+    }
 }
 
 /// `Invalid action: x`; field lengths over 256 bytes (256 is fine); a
@@ -301,6 +316,14 @@ async fn action_and_length_errors() {
         api.post("/instances", &json!({ "url": server_url(), "alias": long }))
             .await
             .assert_error(400, "Instance alias exceeds maximum length 256");
+        for tenant in ["", "Upper", "a b", "x/y", "é", &"t".repeat(33)] {
+            api.post(
+                "/instances",
+                &json!({ "url": server_url(), "tenant": tenant }),
+            )
+            .await
+            .assert_error(400, "Invalid tenant: expected [a-z0-9_-]{1,32}");
+        }
         api.post("/info", &json!({ "alias": long }))
             .await
             .assert_error(400, "Master alias exceeds maximum length 256");
@@ -459,6 +482,85 @@ async fn conflicts_are_409() {
         "still running after a refused PUT: {now}"
     );
     drop(held);
+}
+
+/// PATCH start on a stopped instance whose port another process took is 409
+/// with JSON and applies nothing (not the alias that came with it); once the
+/// port is free again, PATCH start works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_start_on_a_taken_port_is_409_and_changes_nothing() {
+    let master = Master::start().await;
+    let api = master.api();
+    let tunnel = free_addr();
+    let created = api
+        .create_url(&format!("server://{tunnel}/{}?mode=1", free_addr()))
+        .await;
+    let id = id_of(&created);
+    let path = format!("/instances/{id}");
+    api.patch_instance(&id, json!({ "action": "stop" })).await;
+
+    // A process forking at that moment may hold a copy of the socket for a
+    // few milliseconds (until its exec closes it).
+    let held = wait_for(DEADLINE, "the freed tunnel port to bind", || async {
+        std::net::TcpListener::bind(tunnel).ok()
+    })
+    .await;
+    let msg = api
+        .patch(&path, &json!({ "alias": "x", "action": "start" }))
+        .await
+        .assert_error_prefix(409, "Instance port conflict: ");
+    assert_port_named(&msg, tunnel);
+    let now = api.instance(&id).await;
+    assert_eq!(now["alias"], "", "a refused PATCH must not apply its alias");
+    assert_eq!(now["status"], "stopped", "{now}");
+
+    drop(held);
+    // Retried for the same reason: a refused try changes nothing.
+    let started = wait_for(DEADLINE, "PATCH start once the port is free", || async {
+        let resp = api
+            .patch(&path, &json!({ "alias": "x", "action": "start" }))
+            .await;
+        (resp.status == 200).then(|| resp.json())
+    })
+    .await;
+    assert_eq!(started["alias"], "x");
+    wait_ready(&api, &id, None, DEADLINE).await;
+}
+
+/// PUT onto a port another process holds, on a stopped instance: 409, and
+/// the instance stays stopped on its old URL, its ports not taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_put_leaves_a_stopped_instance_stopped() {
+    let master = Master::start().await;
+    let api = master.api();
+    let (tunnel, entrance) = (free_addr(), free_addr());
+    let created = api
+        .create_url(&format!("server://{tunnel}/{entrance}?mode=1"))
+        .await;
+    let id = id_of(&created);
+    api.patch_instance(&id, json!({ "action": "stop" })).await;
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let held_addr = held.local_addr().expect("addr");
+    let msg = api
+        .put(
+            &format!("/instances/{id}"),
+            &json!({ "url": format!("server://{held_addr}/{}?mode=1", free_addr()) }),
+        )
+        .await
+        .assert_error_prefix(409, "Instance port conflict: ");
+    assert_port_named(&msg, held_addr);
+    let now = api.instance(&id).await;
+    assert_eq!(now["url"], created["url"], "URL unchanged");
+    assert_eq!(now["status"], "stopped", "still stopped: {now}");
+    assert_eq!(now["worker"]["pid"], Value::Null, "no worker: {now}");
+    // Not at once: a process forking meanwhile may hold a copy for a moment.
+    wait_until(
+        DEADLINE,
+        "the old ports to be free (a refused PUT must not bind them again)",
+        || tcp_port_free(tunnel) && tcp_port_free(entrance),
+    )
+    .await;
 }
 
 fn assert_port_named(msg: &str, addr: std::net::SocketAddr) {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use drover_e2e::api::{ReversePair, counters, id_of, stored_fields, worker_pid, worker_state};
 use drover_e2e::io::stream_echo_sha256;
+use drover_e2e::lifecycle::wait_ready;
 use drover_e2e::procs::{proc_alive, tcp_port_free, udp_port_free};
 use drover_e2e::{
     Api, DEADLINE, EchoServer, KEY_ID, Master, free_addr, random_bytes, wait_for, wait_until,
@@ -222,4 +223,36 @@ async fn state_survives_sigkill() {
 
     let master = Master::restart(&master).await;
     check_restored(&master, &s, &before, &old_pids, full).await;
+}
+
+/// SIGINT stops the master as SIGTERM does: exit 0, its workers gone, what
+/// was set on disk (a new master has the alias and runs the instance again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_like_sigterm() {
+    let master = Master::start().await;
+    let api = master.api();
+    let created = api
+        .create(json!({
+            "url": format!("server://{}/{}?mode=1", free_addr(), free_addr()),
+            "alias": "interrupted",
+        }))
+        .await;
+    let id = id_of(&created);
+    let (pid, _) = wait_ready(&api, &id, None, DEADLINE).await;
+    master.signal(nix::sys::signal::Signal::SIGINT);
+    let status = master.wait_exit(DEADLINE).await;
+    assert!(
+        status.success(),
+        "exit after SIGINT: {status}\n{}",
+        master.dump()
+    );
+    assert!(
+        !proc_alive(pid),
+        "worker {pid} outlived the master's SIGINT stop"
+    );
+
+    let master = Master::restart(&master).await;
+    let api = master.api();
+    assert_eq!(api.instance(&id).await["alias"], "interrupted");
+    wait_ready(&api, &id, None, DEADLINE).await;
 }

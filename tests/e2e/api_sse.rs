@@ -374,3 +374,83 @@ async fn idle_stream_gets_keepalive_comments() {
         "keepalive after only {after:?} of silence"
     );
 }
+
+/// A PATCH whose `meta` would make the instance too large for one SSE frame
+/// (242 tags of 256 bytes, still under the 64 KiB body limit) is 400 naming
+/// the limit and changes nothing; the largest record accepted (meta at the
+/// limit, an alias of 256 escaped bytes, a 7,000-byte tunnel key in the URL)
+/// goes out whole, in `update` and `initial` frames under 64 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_is_bounded_so_every_frame_fits() {
+    const FRAME_LIMIT: usize = 64 * 1024;
+    const MAX_META: usize = 16 * 1024;
+    let master = Master::start().await;
+    let api = master.api();
+    let key = "k".repeat(7000);
+    let url = format!("server://{key}@{}/{}?mode=1", free_addr(), free_addr());
+    let created = api.create_url(&url).await;
+    let id = id_of(&created);
+    let path = format!("/instances/{id}");
+    let kept = json!({ "keep": "me" });
+    api.patch_instance(&id, json!({ "meta": { "tags": kept } }))
+        .await;
+
+    let tags: serde_json::Map<String, serde_json::Value> = (0..242)
+        .map(|i| (format!("tag{i:05}"), json!("v".repeat(256))))
+        .collect();
+    let too_big = json!({ "alias": "changed", "meta": { "tags": tags } });
+    assert!(
+        too_big.to_string().len() < 64 * 1024,
+        "under the body limit"
+    );
+    api.patch(&path, &too_big)
+        .await
+        .assert_error(400, &format!("Meta exceeds maximum size {MAX_META} bytes"));
+    let now = api.instance(&id).await;
+    assert_eq!(now["alias"], "", "a refused PATCH applies nothing");
+    assert_eq!(now["meta"]["tags"], kept);
+
+    // Tags that bring meta's JSON as close to the limit as they can.
+    let empty_peer = json!({ "sid": "", "type": "", "alias": "" });
+    let mut tags = serde_json::Map::new();
+    loop {
+        let mut more = tags.clone();
+        more.insert(format!("tag{:05}", more.len()), json!("\"".repeat(100)));
+        let meta = json!({ "peer": empty_peer, "tags": more });
+        if meta.to_string().len() > MAX_META {
+            break;
+        }
+        tags = more;
+    }
+    let alias = "\"".repeat(256);
+    let mut stream = master.events().await;
+    read_opening(&mut stream, 2).await;
+    let patched = api
+        .patch_instance(&id, json!({ "alias": alias, "meta": { "tags": tags } }))
+        .await;
+    assert_eq!(patched["meta"]["tags"], json!(tags));
+    let update = stream
+        .wait_event("update with the largest record", DEADLINE, |e| {
+            e.kind() == "update" && e.instance()["alias"] == alias.as_str()
+        })
+        .await;
+    let mut fresh = master.events().await;
+    let burst = read_opening(&mut fresh, 2).await;
+    let initial = burst
+        .iter()
+        .find(|e| e.instance_id().as_deref() == Some(id.as_str()))
+        .expect("an initial event for the instance");
+    for e in [&update, initial] {
+        assert_event_frame(e);
+        assert!(
+            e.raw.len() < FRAME_LIMIT,
+            "{} frame of {} bytes",
+            e.kind(),
+            e.raw.len()
+        );
+        assert!(e.raw.len() > 30 * 1024, "the record is large");
+        let inst = e.instance();
+        assert_eq!(inst["meta"]["tags"], json!(tags), "tags sent whole");
+        assert_eq!(inst["url"], created["url"], "url sent whole");
+    }
+}

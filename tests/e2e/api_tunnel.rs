@@ -2,14 +2,20 @@
 //! of instances, the counters the API shows, `reset`, and one
 //! `drover-worker` process per instance.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
 use drover_e2e::api::{ReversePair, counters, id_of, worker_pid, worker_state};
-use drover_e2e::io::stream_echo_sha256;
+use drover_e2e::io::{assert_echo, stream_echo_sha256};
+use drover_e2e::lifecycle::{echo_attempt, wait_ready};
 use drover_e2e::procs::{proc_alive, proc_cmdline, proc_environ, proc_ppid, tcp_port_free};
-use drover_e2e::{Api, DEADLINE, EchoServer, Master, free_addr, random_bytes, wait_for};
+use drover_e2e::{
+    Api, DEADLINE, EchoServer, Master, free_addr, random_bytes, wait_for, wait_until,
+};
 
 /// The bulk transfer.
 const BULK: u64 = 8 * 1024 * 1024;
@@ -29,6 +35,37 @@ async fn ready_pid(api: &Api, id: &str) -> u32 {
         },
     )
     .await
+}
+
+/// A master with one single-end client instance (entrance → an echo
+/// backend) whose worker is ready.
+struct Forwarder {
+    master: Master,
+    echo: EchoServer,
+    entrance: std::net::SocketAddr,
+    id: String,
+    url: serde_json::Value,
+    pid: u32,
+}
+
+async fn forwarder() -> Forwarder {
+    let master = Master::start().await;
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let created = master
+        .api()
+        .create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
+        .await;
+    let id = id_of(&created);
+    let pid = ready_pid(&master.api(), &id).await;
+    Forwarder {
+        master,
+        echo,
+        entrance,
+        id,
+        url: created["url"].clone(),
+        pid,
+    }
 }
 
 /// A server instance and a client instance (reverse mode) carry 8 MiB to an
@@ -208,15 +245,15 @@ async fn each_instance_is_its_own_worker_process() {
 /// new traffic adds to it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_replaced_and_counters_carry_over() {
-    let master = Master::start().await;
+    let Forwarder {
+        master,
+        echo: _echo,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
     let api = master.api();
-    let echo = EchoServer::start().await;
-    let entrance = free_addr();
-    let id = id_of(
-        &api.create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
-            .await,
-    );
-    let pid = ready_pid(&api, &id).await;
     stream_echo_sha256(entrance, random_bytes(FIRST as usize)).await;
     wait_for(
         DEADLINE,
@@ -292,4 +329,130 @@ async fn forward_pair_opens_its_entrance_at_the_client() {
     .await;
     stream_echo_sha256(entrance, random_bytes(FIRST as usize)).await;
     assert_eq!(echo.received(), FIRST, "bytes at the backend");
+}
+
+/// A PUT refused (its new port is taken) while the instance serves: a
+/// connection loop running across the PUT sees no refusal, and the worker
+/// is the same process, on the same URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_put_keeps_a_running_instance_serving() {
+    let Forwarder {
+        master,
+        echo,
+        entrance,
+        id,
+        url: created_url,
+        pid,
+    } = forwarder().await;
+    let api = master.api();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let looping = tokio::spawn({
+        let (stop, done) = (stop.clone(), done.clone());
+        async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match echo_attempt(entrance, b"still there?", DEADLINE).await {
+                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failures.push(e);
+                        0
+                    }
+                };
+            }
+            failures
+        }
+    });
+    let served = |n: usize| {
+        let done = done.clone();
+        move || done.load(Ordering::Relaxed) >= n
+    };
+    wait_until(DEADLINE, "echoes before the PUT", served(5)).await;
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "client://{}/{}?mode=1",
+        held.local_addr().expect("addr"),
+        echo.addr
+    );
+    api.put(&format!("/instances/{id}"), &json!({ "url": url }))
+        .await
+        .assert_error_prefix(409, "Instance port conflict: ");
+    let after = done.load(Ordering::Relaxed) + 5;
+    wait_until(DEADLINE, "echoes after the PUT", served(after)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failures = looping.await.expect("the connection loop");
+    assert!(
+        failures.is_empty(),
+        "connections failed across a refused PUT: {failures:?}"
+    );
+    let now = api.instance(&id).await;
+    assert_eq!(now["url"], created_url);
+    assert_eq!(
+        worker_pid(&now),
+        Some(pid),
+        "the worker was not restarted: {now}"
+    );
+}
+
+/// A PUT that keeps the entrance port but changes the target: the instance
+/// then serves the new target through the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_keeping_the_port_serves_the_new_target() {
+    let Forwarder {
+        master,
+        echo: old,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
+    let api = master.api();
+    let new = EchoServer::start().await;
+    assert_echo(entrance, b"to the old target").await;
+    let to_old = old.accepted();
+    assert!(to_old >= 1 && new.accepted() == 0);
+
+    let url = format!("client://{entrance}/{}?mode=1", new.addr);
+    let put = api
+        .put(&format!("/instances/{id}"), &json!({ "url": url }))
+        .await
+        .ok_json(200);
+    assert!(
+        put["url"]
+            .as_str()
+            .is_some_and(|u| u.contains(&new.addr.to_string())),
+        "{put}"
+    );
+    wait_ready(&api, &id, Some(pid), DEADLINE).await;
+    assert_echo(entrance, b"to the new target").await;
+    assert_eq!(
+        old.accepted(),
+        to_old,
+        "nothing more reaches the old target"
+    );
+    assert!(new.accepted() >= 1, "served by the new target");
+}
+
+/// `PATCH {"action":"restart"}` on a healthy running instance: a new worker
+/// process (the old one gone), serving again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_restart_gives_a_new_worker_that_serves() {
+    let Forwarder {
+        master,
+        echo: _echo,
+        entrance,
+        id,
+        pid,
+        ..
+    } = forwarder().await;
+    let api = master.api();
+    assert_echo(entrance, b"before the restart").await;
+    api.patch_instance(&id, json!({ "action": "restart" }))
+        .await;
+    let (new_pid, _) = wait_ready(&api, &id, Some(pid), DEADLINE).await;
+    assert!(!proc_alive(pid), "the old worker {pid} is gone");
+    assert!(proc_alive(new_pid));
+    assert_echo(entrance, b"after the restart").await;
 }

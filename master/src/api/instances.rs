@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{ApiError, State, json, object, parse_body, read_body};
 use crate::model::{InstanceView, KEY_RECORD_ID, MAX_FIELD, Peer, default_tenant};
 use crate::sse::EventKind;
-use crate::supervisor::NewInstance;
+use crate::supervisor::{Action, NewInstance, RecordEdit};
 
 /// `GET /instances`: the `********` record first, then every instance.
 pub async fn list(state: State) -> HttpResponse {
@@ -93,14 +93,6 @@ struct PatchBody {
     meta: Option<MetaBody>,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Action {
-    Start,
-    Stop,
-    Restart,
-    Reset,
-}
-
 fn check_len(what: &str, s: &str) -> Result<(), ApiError> {
     if s.len() > MAX_FIELD {
         return Err(ApiError::BadRequest(format!(
@@ -144,7 +136,8 @@ fn validate(body: &PatchBody) -> Result<Option<Action>, ApiError> {
 }
 
 /// `PATCH /instances/{id}`: alias, restart flag and meta (replace
-/// semantics), then the action. On `********`, `restart` regenerates the key.
+/// semantics), then the action; all or nothing (see `Supervisor::patch`).
+/// On `********`, `restart` regenerates the key.
 pub async fn patch(
     state: State,
     id: web::Path<String>,
@@ -173,38 +166,18 @@ pub async fn patch(
         meta,
         ..
     } = body;
-    let mut view = state
-        .sup
-        .update(&id, |r| {
-            if let Some(a) = alias {
-                r.alias = a;
-            }
-            if let Some(x) = restart {
-                r.restart = x;
-            }
-            if let Some(m) = meta {
-                if let Some(p) = m.peer {
-                    r.meta.peer = Peer {
-                        sid: p.sid.unwrap_or_default(),
-                        kind: p.kind.unwrap_or_default(),
-                        alias: p.alias.unwrap_or_default(),
-                    };
-                }
-                if let Some(tags) = m.tags {
-                    r.meta.tags = tags;
-                }
-            }
-        })
-        .await?;
-    if let Some(action) = action {
-        match action {
-            Action::Start => state.sup.start(&id).await?,
-            Action::Stop => state.sup.stop(&id).await?,
-            Action::Restart => state.sup.restart(&id).await?,
-            Action::Reset => state.sup.reset(&id).await?,
-        }
-        view = state.sup.get(&id).ok_or_else(not_found)?.view();
-    }
+    let (peer, tags) = meta.map_or((None, None), |m| (m.peer, m.tags));
+    let edit = RecordEdit {
+        alias,
+        restart,
+        peer: peer.map(|p| Peer {
+            sid: p.sid.unwrap_or_default(),
+            kind: p.kind.unwrap_or_default(),
+            alias: p.alias.unwrap_or_default(),
+        }),
+        tags,
+    };
+    let view = state.sup.patch(&id, &edit, action).await?;
     Ok(json(StatusCode::OK, &view))
 }
 

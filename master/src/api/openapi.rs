@@ -235,15 +235,18 @@ fn paths() -> Value {
             "get": op("instances", "getInstance", "Get an instance", "One instance.",
                 responses(&[("200", instance())], &[401, 404, 405])),
             "patch": op_with_optional_body("instances", "patchInstance", "Change or control an instance",
-                "Applies, in order: `alias`, `action` (`start`, `stop`, `restart`, `reset` \
-                 counters), `restart`, `meta` (`peer` replaced whole, `tags` replaced). Each \
-                 applied step emits SSE `update`. On `********`, `{\"action\":\"restart\"}` \
-                 regenerates the API key.",
+                "Sets `alias`, `restart` and `meta` (`peer` replaced whole, `tags` replaced; at \
+                 most 16384 bytes of JSON), then runs `action` (`start`, `stop`, `restart`, \
+                 `reset` counters). All or nothing: a 400 or 409 (a port a start needs is \
+                 taken) changes nothing. Changes emit SSE `update`. On `********`, \
+                 `{\"action\":\"restart\"}` regenerates the API key.",
                 "PatchInstance",
                 responses(&[("200", instance())], &[400, 401, 404, 405, 409, 413, 500])),
             "put": op_with_body("instances", "replaceInstanceUrl", "Replace an instance's URL",
-                "Stops the instance, replaces `url` (and `type`, `config`), starts it again. \
-                 Alias, restart, meta and counters are kept. 409 if the URL is unchanged.",
+                "Replaces `url` (and `type`, `config`) and runs the instance on it, stopped \
+                 or not; the listeners of addresses that stay are kept. Alias, restart, meta \
+                 and counters are kept. 409 if the URL is unchanged or a new port is taken; \
+                 a refused PUT changes nothing.",
                 "PutInstance",
                 responses(&[("200", instance())], &[400, 401, 403, 404, 405, 409, 413, 500])),
             "delete": op("instances", "deleteInstance", "Delete an instance",
@@ -551,6 +554,7 @@ fn schemas() -> Value {
                     "restart": { "type": ["boolean", "null"] },
                     "meta": {
                         "type": ["object", "null"],
+                        "description": "The instance's meta once applied may take at most 16384 bytes of JSON",
                         "properties": {
                             "peer": {
                                 "type": ["object", "null"],

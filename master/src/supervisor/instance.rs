@@ -42,6 +42,9 @@ pub const LOG_RING: usize = 1000;
 pub enum Command {
     /// Run with these listeners (bound by the caller, so conflicts are synchronous).
     Start(Listeners),
+    /// A new URL (PUT): stop the worker if one runs, swap in these listeners
+    /// (answering once the old ones not kept are closed), then run a worker on them.
+    Replace(Listeners, oneshot::Sender<()>),
     /// A fresh worker now, keeping the listeners; recovers `failed`.
     Restart,
     /// Stop the worker and release the listeners.
@@ -104,6 +107,7 @@ impl Instance {
                 in_flight: InFlight::default(),
                 woken_by_gateway: false,
                 removed: false,
+                listeners: None,
             }),
             cmds: tx,
             ready: watch::channel(0).0,
@@ -112,7 +116,6 @@ impl Instance {
             inst: inst.clone(),
             shared: shared.clone(),
             cmds: rx,
-            listeners: None,
             policy: Policy::default(),
             reap_due: false,
             log_budget: LogBudget::new(),
@@ -153,7 +156,6 @@ struct Task {
     inst: Arc<Instance>,
     shared: Arc<Shared>,
     cmds: mpsc::UnboundedReceiver<Command>,
-    listeners: Option<Listeners>,
     policy: Policy,
     /// Set when the worker reported an idle period past the limit.
     reap_due: bool,
@@ -165,6 +167,18 @@ struct Task {
 impl Task {
     fn set(&self, f: impl FnOnce(&mut State)) {
         f(&mut self.inst.lock());
+    }
+
+    /// The instance's listeners (sockets shared, not duplicated).
+    fn listeners(&self) -> Option<Listeners> {
+        self.inst.lock().listeners.clone()
+    }
+
+    /// Takes the listeners of a `Replace`; the old ones close unless kept.
+    fn replace_listeners(&mut self, listeners: Listeners, done: oneshot::Sender<()>) {
+        self.inst.lock().listeners = Some(listeners);
+        self.policy.reset();
+        let _ = done.send(());
     }
 
     fn transition(&self, to: WorkerState) {
@@ -198,7 +212,7 @@ impl Task {
         while let Some(cmd) = self.cmds.recv().await {
             match cmd {
                 Command::Start(l) => {
-                    self.listeners = Some(l);
+                    self.inst.lock().listeners = Some(l);
                     self.policy.reset();
                     if let Some(cmd) = self.run_worker().await
                         && self.finish(cmd).await
@@ -206,8 +220,16 @@ impl Task {
                         return;
                     }
                 }
+                Command::Replace(l, done) => {
+                    self.replace_listeners(l, done);
+                    if let Some(cmd) = self.run_worker().await
+                        && self.finish(cmd).await
+                    {
+                        return;
+                    }
+                }
                 Command::Restart => {
-                    if self.listeners.is_some() {
+                    if self.inst.lock().listeners.is_some() {
                         self.policy.reset();
                         if let Some(cmd) = self.run_worker().await
                             && self.finish(cmd).await
@@ -230,8 +252,8 @@ impl Task {
         match cmd {
             Command::Stop(done) => {
                 self.drop_carried("the instance stopped");
-                self.listeners = None;
                 self.set(|s| {
+                    s.listeners = None;
                     s.status = Status::Stopped;
                     s.entry = None;
                 });
@@ -241,11 +263,11 @@ impl Task {
             }
             Command::Delete(done) => {
                 self.drop_carried("the instance was deleted");
-                self.listeners = None;
+                self.inst.lock().listeners = None;
                 let _ = done.send(());
                 true
             }
-            Command::Start(_) | Command::Restart | Command::Wake => false,
+            Command::Start(_) | Command::Replace(..) | Command::Restart | Command::Wake => false,
         }
     }
 
@@ -270,6 +292,10 @@ impl Task {
             match outcome {
                 Outcome::Command(Command::Restart) => {
                     self.policy.reset();
+                    continue;
+                }
+                Outcome::Command(Command::Replace(l, done)) => {
+                    self.replace_listeners(l, done);
                     continue;
                 }
                 Outcome::Command(cmd) => return Some(cmd),
@@ -308,6 +334,7 @@ impl Task {
                             if let Some(cmd) = self.wait_command(d).await {
                                 match cmd {
                                     Command::Restart | Command::Start(_) => self.policy.reset(),
+                                    Command::Replace(l, done) => self.replace_listeners(l, done),
                                     // Traffic is waiting: restart now, but keep the crash-loop count.
                                     Command::Wake => {}
                                     other => return Some(other),
@@ -323,6 +350,10 @@ impl Task {
                             loop {
                                 match self.wait_command(every).await {
                                     None | Some(Command::Restart) | Some(Command::Start(_)) => {
+                                        break;
+                                    }
+                                    Some(Command::Replace(l, done)) => {
+                                        self.replace_listeners(l, done);
                                         break;
                                     }
                                     // Gateway traffic does not override the crash-loop guard.
@@ -343,8 +374,7 @@ impl Task {
     /// a command. `Ok(why)` = wake up; `Err` = a command to finish.
     async fn wait_activation(&mut self) -> Result<&'static str, Command> {
         let watchers: Vec<AsyncFd<std::os::fd::OwnedFd>> = self
-            .listeners
-            .as_ref()
+            .listeners()
             .map(|l| l.dup_fds())
             .unwrap_or_default()
             .into_iter()
@@ -368,6 +398,10 @@ impl Task {
         match cmd {
             Command::Wake => Ok("gateway traffic for a parked instance"),
             Command::Restart | Command::Start(_) => Ok("restart asked"),
+            Command::Replace(l, done) => {
+                self.replace_listeners(l, done);
+                Ok("the URL changed")
+            }
             other => Err(other),
         }
     }
@@ -381,7 +415,8 @@ impl Task {
     }
 
     async fn spawn(&self) -> Result<Worker, String> {
-        let listeners = self.listeners.as_ref().ok_or("no listeners")?;
+        let listeners = self.listeners().ok_or("no listeners")?;
+        let listeners = &listeners;
         let (url, tls, tenant) = {
             let s = self.inst.lock();
             let tls = s.record.cert.as_ref().map(|c| TlsMaterial {
@@ -632,7 +667,6 @@ impl Task {
                 .await;
             return;
         }
-        // The listeners live in the task; `Listeners` is not shared, so bind here.
         let hp = match proto::spec::HostPort::parse(&addr, "addr") {
             Ok(hp) => hp,
             Err(e) => {
@@ -640,15 +674,16 @@ impl Task {
                 return;
             }
         };
-        let Some(listeners) = self.listeners.as_mut() else {
+        let res = self.inst.lock().listeners.as_mut().map(|listeners| {
+            match listeners.get(&addr, proto) {
+                Some(fd) => Ok(fd),
+                None => listeners.bind(&hp, proto, proto::message::ListenerRole::Entrance),
+            }
+        });
+        let Some(res) = res else {
             w.send(&answer_err("instance is stopping".into()), &[])
                 .await;
             return;
-        };
-        let res = if listeners.get(&addr, proto).is_some() {
-            Ok(listeners.get(&addr, proto).expect("just checked"))
-        } else {
-            listeners.bind(&hp, proto, proto::message::ListenerRole::Entrance)
         };
         match res {
             Ok(fd) => {

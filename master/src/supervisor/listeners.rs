@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use proto::listen;
 use proto::message::{ListenerInfo, ListenerRole, Transport};
@@ -22,9 +23,10 @@ pub enum BindError {
 }
 
 /// Bound sockets of one instance; the master keeps these while it runs.
-#[derive(Debug, Default)]
+/// A clone shares the sockets (a PUT keeps those its new URL still uses).
+#[derive(Debug, Default, Clone)]
 pub struct Listeners {
-    items: Vec<(ListenerInfo, OwnedFd)>,
+    items: Vec<(ListenerInfo, Arc<OwnedFd>)>,
 }
 
 impl Listeners {
@@ -32,13 +34,21 @@ impl Listeners {
     /// its entrance; a single-end client's entrance. Mode 0 tries the
     /// entrance and leaves it to the worker when it does not bind.
     pub fn bind_for(spec: &TunnelSpec) -> Result<Self, BindError> {
+        Self::bind_reusing(spec, &Listeners::default())
+    }
+
+    /// [`Listeners::bind_for`], sharing the sockets `held` has for the same
+    /// address and transport instead of binding them again (which would
+    /// fail: the instance itself holds the port). All or nothing: on an
+    /// error, what was bound here is closed and `held` is as it was.
+    pub fn bind_reusing(spec: &TunnelSpec, held: &Listeners) -> Result<Self, BindError> {
         let p = &spec.params;
         let mut l = Listeners::default();
         match spec.role {
             Role::Server => {
-                l.bind(&spec.tunnel, Transport::Tcp, ListenerRole::Tunnel)?;
+                l.take_or_bind(held, &spec.tunnel, Transport::Tcp, ListenerRole::Tunnel)?;
                 if p.mode != 2 {
-                    let entrance = l.bind_entrance(&spec.targets[0], !p.notcp, !p.noudp);
+                    let entrance = l.bind_entrance(held, &spec.targets[0], !p.notcp, !p.noudp);
                     if p.mode == 1 {
                         entrance?;
                     }
@@ -46,7 +56,7 @@ impl Listeners {
             }
             Role::Client => {
                 if p.mode != 2 {
-                    let entrance = l.bind_entrance(&spec.tunnel, !p.notcp, !p.noudp);
+                    let entrance = l.bind_entrance(held, &spec.tunnel, !p.notcp, !p.noudp);
                     if p.mode == 1 {
                         entrance?;
                     }
@@ -57,14 +67,20 @@ impl Listeners {
     }
 
     /// Binds an entrance's TCP and UDP sockets, all or nothing.
-    fn bind_entrance(&mut self, addr: &HostPort, tcp: bool, udp: bool) -> Result<(), BindError> {
+    fn bind_entrance(
+        &mut self,
+        held: &Listeners,
+        addr: &HostPort,
+        tcp: bool,
+        udp: bool,
+    ) -> Result<(), BindError> {
         let before = self.items.len();
         let res = (|| {
             if tcp {
-                self.bind(addr, Transport::Tcp, ListenerRole::Entrance)?;
+                self.take_or_bind(held, addr, Transport::Tcp, ListenerRole::Entrance)?;
             }
             if udp {
-                self.bind(addr, Transport::Udp, ListenerRole::Entrance)?;
+                self.take_or_bind(held, addr, Transport::Udp, ListenerRole::Entrance)?;
             }
             Ok(())
         })();
@@ -80,25 +96,38 @@ impl Listeners {
         addr: &HostPort,
         proto: Transport,
         role: ListenerRole,
-    ) -> Result<&OwnedFd, BindError> {
-        let fd = bind_one(addr, proto)?;
-        self.items.push((
-            ListenerInfo {
-                addr: addr.to_string(),
-                proto,
-                role,
-            },
-            fd,
-        ));
-        Ok(&self.items.last().expect("just pushed").1)
+    ) -> Result<Arc<OwnedFd>, BindError> {
+        self.take_or_bind(&Listeners::default(), addr, proto, role)
+    }
+
+    /// Keeps `held`'s socket for `addr`/`proto`, or binds a new one.
+    fn take_or_bind(
+        &mut self,
+        held: &Listeners,
+        addr: &HostPort,
+        proto: Transport,
+        role: ListenerRole,
+    ) -> Result<Arc<OwnedFd>, BindError> {
+        let name = addr.to_string();
+        let fd = match held.get(&name, proto) {
+            Some(fd) => fd,
+            None => Arc::new(bind_one(addr, proto)?),
+        };
+        let info = ListenerInfo {
+            addr: name,
+            proto,
+            role,
+        };
+        self.items.push((info, fd.clone()));
+        Ok(fd)
     }
 
     /// The listener for `addr`/`proto` if already bound.
-    pub fn get(&self, addr: &str, proto: Transport) -> Option<&OwnedFd> {
+    pub fn get(&self, addr: &str, proto: Transport) -> Option<Arc<OwnedFd>> {
         self.items
             .iter()
             .find(|(i, _)| i.addr == addr && i.proto == proto)
-            .map(|(_, fd)| fd)
+            .map(|(_, fd)| fd.clone())
     }
 
     /// What `Hello` lists, in the order of [`Listeners::fds`].
@@ -193,6 +222,34 @@ mod tests {
                 .starts_with("Instance port conflict: 127.0.0.1:"),
             "{err}"
         );
+    }
+
+    /// A new URL shares the sockets held for addresses it keeps and binds
+    /// the others; when one of those is taken, nothing is bound and the
+    /// held set is untouched.
+    #[test]
+    fn bind_reusing_shares_what_stays() {
+        let free = || {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap()
+        };
+        let (entrance, target) = (free(), free());
+        let spec = |e: std::net::SocketAddr, t: std::net::SocketAddr| -> TunnelSpec {
+            format!("client://{e}/{t}?mode=1").parse().unwrap()
+        };
+        let held = Listeners::bind_for(&spec(entrance, target)).unwrap();
+        let fresh = Listeners::bind_reusing(&spec(entrance, free()), &held).unwrap();
+        assert_eq!(fresh.items.len(), held.items.len());
+        for ((hi, hfd), (fi, ffd)) in held.items.iter().zip(&fresh.items) {
+            assert_eq!((hi.addr.as_str(), hi.proto), (fi.addr.as_str(), fi.proto));
+            assert!(Arc::ptr_eq(hfd, ffd), "{} shared, not bound again", fi.addr);
+        }
+        drop(fresh);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err =
+            Listeners::bind_reusing(&spec(taken.local_addr().unwrap(), target), &held).unwrap_err();
+        assert!(matches!(err, BindError::Conflict { .. }), "{err}");
+        assert!(held.items.iter().all(|(_, fd)| Arc::strong_count(fd) == 1));
     }
 
     /// A worker may ask only for what its URL listens on: by role, mode,

@@ -11,9 +11,12 @@ pub mod instance;
 pub mod isolation;
 pub mod listeners;
 mod log_budget;
+mod patch;
 pub mod spares;
 pub mod spawn;
 pub mod state;
+
+pub use patch::{Action, RecordEdit};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,6 +110,20 @@ fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// A `tls=1` server keeps a self-signed certificate in its record.
+fn needs_cert(spec: &TunnelSpec) -> bool {
+    spec.role == proto::Role::Server && spec.params.tls == 1
+}
+
+fn new_cert() -> Result<CertRecord, SupError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
+        .map_err(|e| SupError::Invalid(format!("self-signed certificate: {e}")))?;
+    Ok(CertRecord {
+        cert_pem: ck.cert.pem(),
+        key_pem: ck.signing_key.serialize_pem(),
+    })
+}
+
 /// `[a-z0-9_-]{1,32}`.
 pub fn valid_tenant(t: &str) -> bool {
     (1..=32).contains(&t.len())
@@ -176,8 +193,8 @@ impl Supervisor {
                 .expect("instances lock")
                 .insert(id.clone(), inst.clone());
             if autostart {
-                match self.prepare_start(&inst, &spec).await {
-                    Ok(l) => inst.send(Command::Start(l)),
+                match self.acquire(&inst, &spec).await {
+                    Ok(l) => self.launch(&inst, l),
                     Err(e) => {
                         inst.lock().status = Status::Error;
                         problems.push(format!("instance {id}: not started: {e}"));
@@ -189,28 +206,21 @@ impl Supervisor {
     }
 
     /// Binds an instance's listeners (a conflict is a synchronous error) and
-    /// makes sure a `tls=1` server has its certificate.
-    async fn prepare_start(
-        &self,
-        inst: &Instance,
-        spec: &TunnelSpec,
-    ) -> Result<Listeners, SupError> {
+    /// makes sure a `tls=1` server has its certificate. Changes nothing the
+    /// API shows: the caller starts the instance with [`Supervisor::launch`].
+    async fn acquire(&self, inst: &Instance, spec: &TunnelSpec) -> Result<Listeners, SupError> {
         let listeners = Listeners::bind_for(spec)?;
-        if spec.role == proto::Role::Server
-            && spec.params.tls == 1
-            && inst.lock().record.cert.is_none()
-        {
-            let ck = rcgen::generate_simple_self_signed(vec!["drover".to_string()])
-                .map_err(|e| SupError::Invalid(format!("self-signed certificate: {e}")))?;
-            let cert = CertRecord {
-                cert_pem: ck.cert.pem(),
-                key_pem: ck.signing_key.serialize_pem(),
-            };
-            inst.lock().record.cert = Some(cert);
+        if needs_cert(spec) && inst.lock().record.cert.is_none() {
+            inst.lock().record.cert = Some(new_cert()?);
             self.persist(inst).await?;
         }
-        inst.lock().status = Status::Running;
         Ok(listeners)
+    }
+
+    /// Runs a worker on listeners from [`Supervisor::acquire`].
+    fn launch(&self, inst: &Instance, listeners: Listeners) {
+        inst.lock().status = Status::Running;
+        inst.send(Command::Start(listeners));
     }
 
     /// Writes the instance's record as it is when the write's turn comes
@@ -311,7 +321,7 @@ impl Supervisor {
             Counters::default(),
             self.shared.clone(),
         );
-        let listeners = match self.prepare_start(&inst, &spec).await {
+        let listeners = match self.acquire(&inst, &spec).await {
             Ok(l) => l,
             Err(e) => {
                 inst.send(Command::Delete(oneshot::channel().0));
@@ -327,6 +337,7 @@ impl Supervisor {
             .expect("instances lock")
             .insert(id, inst.clone());
         inst.lock().worker = instance::WorkerState::Starting;
+        inst.lock().status = Status::Running;
         // `create` goes out before the task's first `update` can.
         let view = inst.view();
         self.shared.hub.publish(EventKind::Create, Some(&view), "");
@@ -334,119 +345,51 @@ impl Supervisor {
         Ok(view)
     }
 
-    /// PATCH action start: a stopped instance starts; a failed one restarts.
-    pub async fn start(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        let (status, spec) = {
-            let s = inst.lock();
-            (s.status, s.spec.clone())
-        };
-        match status {
-            Status::Running => Ok(()),
-            Status::Error
-                if inst.lock().pid.is_some()
-                    || inst.lock().worker != instance::WorkerState::Parked =>
-            {
-                inst.send(Command::Restart);
-                Ok(())
-            }
-            _ => {
-                let l = self.prepare_start(&inst, &spec).await?;
-                inst.send(Command::Start(l));
-                Ok(())
-            }
-        }
-    }
-
-    /// PATCH action stop: waits until the worker is gone.
-    pub async fn stop(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        if inst.lock().status == Status::Stopped {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        inst.send(Command::Stop(tx));
-        let _ = rx.await;
-        Ok(())
-    }
-
-    /// PATCH action restart: a fresh worker, listeners kept.
-    pub async fn restart(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        if inst.lock().status == Status::Stopped {
-            return self.start(id).await;
-        }
-        inst.send(Command::Restart);
-        Ok(())
-    }
-
-    /// PATCH action reset: zero the counters, on disk before the answer.
-    pub async fn reset(&self, id: &str) -> Result<(), SupError> {
-        let inst = self.require(id)?;
-        inst.lock().reset_counters();
-        inst.persist_counters(&self.shared.store)
-            .await
-            .map_err(|e| SupError::Store(e.to_string()))?;
-        self.shared
-            .hub
-            .publish(EventKind::Update, Some(&inst.view()), "");
-        Ok(())
-    }
-
-    /// Changes stored fields (alias, restart, meta) and persists them.
-    pub async fn update(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut InstanceRecord),
-    ) -> Result<InstanceView, SupError> {
-        let inst = self.require(id)?;
-        {
-            let mut s = inst.lock();
-            let mut r = s.record.clone();
-            f(&mut r);
-            if r == s.record {
-                return Ok(s.view());
-            }
-            s.record = r;
-        }
-        self.persist(&inst).await?;
-        let view = inst.view();
-        self.shared.hub.publish(EventKind::Update, Some(&view), "");
-        Ok(view)
-    }
-
-    /// PUT: a new URL; 409 when it is unchanged or its ports are taken.
+    /// PUT: a new URL, all or nothing. Its listeners are bound first,
+    /// sharing the sockets of addresses the instance keeps (it holds them, so
+    /// binding them again would fail); a taken port is a 409 that leaves the
+    /// state, the listeners and the store as they were. Then the URL is
+    /// persisted and the worker restarted on the new listeners, the answer
+    /// coming once the old ones not kept are closed. A stopped instance
+    /// starts, as NodePass's PUT does.
     pub async fn set_url(&self, id: &str, url: &str) -> Result<InstanceView, SupError> {
         let inst = self.require(id)?;
         let (url, spec) = self.normalise(url)?;
-        if inst.lock().record.url == url {
-            return Err(SupError::Conflict("Instance URL conflict".into()));
-        }
-        let old_spec = inst.lock().spec.clone();
-        self.stop(id).await?;
-        let listeners = match Listeners::bind_for(&spec) {
-            Ok(l) => l,
-            Err(e) => {
-                // Put the old tunnel back as it was before refusing.
-                if let Ok(l) = Listeners::bind_for(&old_spec) {
-                    inst.lock().status = Status::Running;
-                    inst.send(Command::Start(l));
-                }
-                return Err(e.into());
+        let (old, held) = {
+            let s = inst.lock();
+            if s.record.url == url {
+                return Err(SupError::Conflict("Instance URL conflict".into()));
             }
+            let held = s.listeners.clone().unwrap_or_default();
+            ((s.record.clone(), s.spec.clone()), held)
         };
+        let listeners = Listeners::bind_reusing(&spec, &held)?;
+        drop(held);
+        let mut record = old.0.clone();
+        record.url = url;
+        if old.1.params.tls != spec.params.tls {
+            record.cert = None;
+        }
+        if needs_cert(&spec) && record.cert.is_none() {
+            record.cert = Some(new_cert()?);
+        }
         {
             let mut s = inst.lock();
-            s.record.url = url;
-            if s.spec.params.tls != spec.params.tls {
-                s.record.cert = None;
-            }
-            s.spec = spec.clone();
+            s.record.url.clone_from(&record.url);
+            s.record.cert = record.cert;
+            s.spec = spec;
         }
-        self.persist(&inst).await?;
-        drop(listeners);
-        let l = self.prepare_start(&inst, &spec).await?;
-        inst.send(Command::Start(l));
+        if let Err(e) = self.persist(&inst).await {
+            let mut s = inst.lock();
+            s.record.url = old.0.url;
+            s.record.cert = old.0.cert;
+            s.spec = old.1;
+            return Err(e);
+        }
+        inst.lock().status = Status::Running;
+        let (done, swapped) = oneshot::channel();
+        inst.send(Command::Replace(listeners, done));
+        let _ = swapped.await;
         let view = inst.view();
         self.shared.hub.publish(EventKind::Update, Some(&view), "");
         Ok(view)

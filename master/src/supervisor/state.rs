@@ -9,6 +9,7 @@ use proto::spec::TunnelSpec;
 use proto::{ControlSender, ToWorker};
 
 use super::handoffs::InFlight;
+use super::listeners::Listeners;
 use super::time_text;
 use crate::model::{Counters, InstanceRecord, InstanceView, WorkerView};
 
@@ -86,6 +87,9 @@ pub struct State {
     pub woken_by_gateway: bool,
     /// Being deleted: the record must not be written again.
     pub removed: bool,
+    /// The sockets the master holds for the instance while it should run
+    /// (the task sets them; a PUT shares those its new URL keeps).
+    pub listeners: Option<Listeners>,
 }
 
 impl State {
