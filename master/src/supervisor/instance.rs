@@ -177,6 +177,7 @@ impl Task {
     /// Takes the listeners of a `Replace`; the old ones close unless kept.
     fn replace_listeners(&mut self, listeners: Listeners, done: oneshot::Sender<()>) {
         self.inst.lock().listeners = Some(listeners);
+        spawn::forks_settled();
         self.policy.reset();
         let _ = done.send(());
     }
@@ -257,6 +258,7 @@ impl Task {
                     s.status = Status::Stopped;
                     s.entry = None;
                 });
+                spawn::forks_settled();
                 self.transition(WorkerState::Parked);
                 let _ = done.send(());
                 false
@@ -264,6 +266,7 @@ impl Task {
             Command::Delete(done) => {
                 self.drop_carried("the instance was deleted");
                 self.inst.lock().listeners = None;
+                spawn::forks_settled();
                 let _ = done.send(());
                 true
             }

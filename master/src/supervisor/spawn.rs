@@ -91,6 +91,22 @@ pub struct Launch<'a> {
     pub confine: Option<Confinement>,
 }
 
+/// Held (shared) across each fork+exec of a worker. Between the two, the
+/// child holds a copy of every master fd, listeners included, so a port the
+/// master just closed would stay bound until that child's exec.
+static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Waits until no worker spawn begun before this call is between fork and
+/// exec: after closing listeners, their ports are then really free.
+/// Spawns take a few milliseconds at most, and so does this.
+pub fn forks_settled() {
+    drop(
+        FORKS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+}
+
 /// Spawns a worker and sends it `Hello`. stderr lines (panics) go to `on_stderr`.
 pub async fn spawn(
     bin: &Path,
@@ -247,9 +263,13 @@ fn start(
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let child = {
+        let _forking = FORKS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cmd.spawn()
+    }
+    .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     drop(worker_end);
     drop(confine);
     let pid = child.id().ok_or("worker exited at once")?;
