@@ -342,7 +342,7 @@ impl<In> AsFd for ControlReceiver<In> {
 
 /// Waits until `socket` has send space, through a duplicate registered for
 /// writing only while it waits (see [`Socket`]). Only a peer that stopped
-/// reading fills the socket, so the two extra syscalls are off every
+/// reading fills the socket, so the extra syscalls are off every
 /// normal path.
 async fn wait_writable(socket: &StdUnixStream) -> io::Result<()> {
     // SAFETY: the AsyncFd owns the duplicate, so its fd stays open and the

@@ -139,15 +139,17 @@ fn spawned_pids(master: &Master, id: &str) -> Vec<u32> {
 /// asserts every worker of it but the current one is gone; returns the
 /// instance (with `last_exit`).
 async fn wait_killed(master: &Master, api: &Api, id: &str) -> Value {
-    let v = wait_instance(api, id, KILL_DEADLINE, "has lost a worker", |v| {
+    wait_instance(api, id, KILL_DEADLINE, "has lost a worker", |v| {
         v["worker"]["restarts"].as_u64() >= Some(1)
     })
     .await;
+    // The log first, the instance after: the master records a worker's pid
+    // before it logs "worker spawned", so a logged pid that is not current
+    // in this later view has ended (a replacement may be starting meanwhile).
+    let logged = spawned_pids(master, id);
+    let v = wait_instance(api, id, KILL_DEADLINE, "is listed", |_| true).await;
     let current = worker_pid(&v);
-    let ended: Vec<u32> = spawned_pids(master, id)
-        .into_iter()
-        .filter(|p| Some(*p) != current)
-        .collect();
+    let ended: Vec<u32> = logged.into_iter().filter(|p| Some(*p) != current).collect();
     assert!(
         !ended.is_empty(),
         "no ended worker of {id} in the master's log: {v}"
