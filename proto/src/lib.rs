@@ -30,7 +30,7 @@ pub use spec::{Role, SpecError, TunnelSpec};
 
 /// Control protocol version, sent in `Hello` and checked by the worker.
 /// Bump it on every wire change (and refresh `tests/data/`).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame body in bytes (1 MiB); a header claiming more ends the
 /// channel.

@@ -155,12 +155,17 @@ pub struct Hello {
 }
 
 /// A socket the gateway accepted, handed to the worker (carries its fd).
+///
+/// The socket comes non-blocking with TCP_NODELAY set, and with its peer
+/// address here: the worker serves it without a syscall of its own first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Adopt {
     /// Stream or datagram socket.
     pub kind: Transport,
     /// The client identity the gateway routed on.
     pub client: String,
+    /// The socket's peer address.
+    pub peer: std::net::SocketAddr,
     /// Echoed in `Adopted`; 0 = the master keeps no copy and wants no answer.
     pub seq: u64,
 }

@@ -285,12 +285,20 @@ fn to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
         hello().prop_map(ToWorker::Hello),
         any::<u64>().prop_map(|seq| ToWorker::Ping { seq }),
-        (transport(), text(0..32), any::<u64>()).prop_map(|(kind, client, seq)| Adopt {
-            kind,
-            client,
-            seq
-        }
-        .into()),
+        (
+            transport(),
+            text(0..32),
+            // Flow info is not part of an address's text (nor of a peer).
+            (any::<std::net::IpAddr>(), any::<u16>()).prop_map(std::net::SocketAddr::from),
+            any::<u64>()
+        )
+            .prop_map(|(kind, client, peer, seq)| Adopt {
+                kind,
+                client,
+                peer,
+                seq
+            }
+            .into()),
         Just(ToWorker::ResetCounters),
         any::<u64>().prop_map(|grace_ms| ToWorker::Shutdown { grace_ms }),
         (text(0..24), transport()).prop_map(|(addr, proto)| Bound { addr, proto }.into()),

@@ -215,7 +215,7 @@ fn answer_adopts(sender: ControlSender<ToMaster>) -> mpsc::UnboundedSender<u64> 
 
 /// A connection handed over by the gateway: served like one on the entrance.
 fn adopt(
-    adopter: &mpsc::Sender<tokio::net::TcpStream>,
+    adopter: &mpsc::Sender<crate::tunnel::Adopted>,
     a: proto::message::Adopt,
     fds: Vec<OwnedFd>,
 ) {
@@ -227,13 +227,10 @@ fn adopt(
         tracing::warn!(client = %a.client, "only TCP connections can be adopted; closed");
         return;
     }
-    let std = std::net::TcpStream::from(fd);
-    let stream = std
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpStream::from_std(std));
-    match stream {
+    // Non-blocking already: the master accepts it so.
+    match tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)) {
         Ok(s) => {
-            if adopter.try_send(s).is_err() {
+            if adopter.try_send((s, a.peer)).is_err() {
                 tracing::warn!(client = %a.client, "adoption queue full or no entrance; connection closed");
             }
         }

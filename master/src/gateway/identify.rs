@@ -196,13 +196,13 @@ pub fn identify_now(stream: &std::net::TcpStream, peer: SocketAddr) -> Option<Id
     }
 }
 
-/// [`identify`] for a plain accepted socket: registers it with the runtime
-/// for the wait and gives it back unregistered, for the handoff.
+/// [`identify`] for a plain accepted (non-blocking) socket: registers it
+/// with the runtime for the wait and gives it back unregistered, for the
+/// handoff.
 pub async fn identify_waiting(
     stream: std::net::TcpStream,
     peer: SocketAddr,
 ) -> std::io::Result<(Identity, std::net::TcpStream)> {
-    stream.set_nonblocking(true)?;
     let stream = TcpStream::from_std(stream)?;
     let who = identify(&stream, peer).await;
     Ok((who, stream.into_std()?))

@@ -2,15 +2,18 @@
 //!
 //! A worker can die with an `Adopt` still unread in its control socket (a
 //! `sendmsg` succeeds until the last of its threads is gone), and the socket
-//! inside that frame dies with it. So the master keeps a duplicate of each
-//! handed connection until the worker answers `Adopted`, and gives the
+//! inside that frame dies with it. So the master keeps its own reference to
+//! each handed connection until the worker answers `Adopted` (shared with
+//! the sender, so keeping it costs no `dup` and no `close` on the
+//! connection's path), and gives the
 //! unanswered ones to the next worker — those nothing was read from or
 //! written to yet (see [`untouched`]), so the client sees only a delay. The
 //! worker answers off the connection's path, after the session started, so
 //! one it had begun to serve is closed rather than served twice.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 /// More unanswered handoffs than this (a hung worker under a flood) are sent
 /// without a kept copy, so a stuck worker cannot pin the master's fds.
@@ -19,8 +22,9 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// A connection the gateway accepted for an instance.
 #[derive(Debug)]
 pub struct Handed {
-    pub stream: TcpStream,
+    pub stream: Arc<TcpStream>,
     pub client: String,
+    pub peer: SocketAddr,
 }
 
 /// Unanswered handoffs of the current worker, by `Adopt` seq.
@@ -31,21 +35,19 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Keeps a duplicate of `stream` until [`ack`](Self::ack) of the returned
-    /// seq; 0 when nothing is kept (full, or the duplicate failed).
-    pub fn track(&mut self, stream: &TcpStream, client: &str) -> u64 {
+    /// Keeps `stream` open until [`ack`](Self::ack) of the returned seq; 0
+    /// when nothing is kept (full).
+    pub fn track(&mut self, stream: &Arc<TcpStream>, client: &str, peer: SocketAddr) -> u64 {
         if self.open.len() >= MAX_IN_FLIGHT {
             return 0;
         }
-        let Ok(copy) = stream.try_clone() else {
-            return 0;
-        };
         self.last_seq += 1;
         self.open.insert(
             self.last_seq,
             Handed {
-                stream: copy,
+                stream: Arc::clone(stream),
                 client: client.to_owned(),
+                peer,
             },
         );
         self.last_seq
@@ -120,6 +122,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
@@ -127,25 +132,30 @@ mod tests {
         (c, s)
     }
 
-    /// An answered handoff is dropped; an unanswered one survives its
-    /// original being closed and still carries the client's bytes.
+    /// An answered handoff is closed once the sender lets go too; an
+    /// unanswered one survives the sender letting go and still carries the
+    /// client's bytes.
     #[test]
     fn unanswered_handoffs_keep_the_connection() {
         let mut f = InFlight::default();
         let (mut c1, s1) = pair();
-        let (_c2, s2) = pair();
-        let a = f.track(&s1, "one");
-        let b = f.track(&s2, "two");
+        let (mut c2, s2) = pair();
+        let (s1, s2) = (Arc::new(s1), Arc::new(s2));
+        let a = f.track(&s1, "one", PEER);
+        let b = f.track(&s2, "two", PEER);
         assert!(a != 0 && b != 0 && a != b);
-        drop(s1);
+        drop((s1, s2));
         assert!(f.ack(b));
         assert!(!f.ack(b), "a second answer finds nothing");
+        c2.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        assert_eq!(c2.read(&mut [0u8; 1]).expect("read"), 0, "closed");
         c1.write_all(b"hello").expect("write");
         let (left, begun) = f.take_unanswered();
         assert_eq!((left.len(), begun), (1, 0));
         assert_eq!(left[0].client, "one");
         let mut buf = [0u8; 5];
-        (&left[0].stream).read_exact(&mut buf).expect("read");
+        (&*left[0].stream).read_exact(&mut buf).expect("read");
         assert_eq!(&buf, b"hello");
         assert_eq!(f.len(), 0);
     }
@@ -155,10 +165,11 @@ mod tests {
     fn bounded() {
         let mut f = InFlight::default();
         let (_c, s) = pair();
+        let s = Arc::new(s);
         for _ in 0..MAX_IN_FLIGHT {
-            assert_ne!(f.track(&s, "x"), 0);
+            assert_ne!(f.track(&s, "x", PEER), 0);
         }
-        assert_eq!(f.track(&s, "x"), 0);
+        assert_eq!(f.track(&s, "x", PEER), 0);
         assert_eq!(f.len(), MAX_IN_FLIGHT);
     }
 
@@ -199,9 +210,10 @@ mod tests {
         let mut f = InFlight::default();
         let (_c1, s1) = pair();
         let (_c2, s2) = pair();
-        f.track(&s1, "fresh");
-        f.track(&s2, "begun");
-        (&s2).write_all(b"x").expect("write");
+        let (s1, s2) = (Arc::new(s1), Arc::new(s2));
+        f.track(&s1, "fresh", PEER);
+        f.track(&s2, "begun", PEER);
+        (&*s2).write_all(b"x").expect("write");
         let (left, begun) = f.take_unanswered();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].client, "fresh");

@@ -780,10 +780,15 @@ impl Task {
     async fn hand_over_carried(&mut self, w: &Worker) {
         use std::os::fd::AsFd;
         for h in std::mem::take(&mut self.carried) {
-            let seq = self.inst.lock().in_flight.track(&h.stream, &h.client);
+            let seq = self
+                .inst
+                .lock()
+                .in_flight
+                .track(&h.stream, &h.client, h.peer);
             let msg = ToWorker::Adopt(proto::message::Adopt {
                 kind: Transport::Tcp,
                 client: h.client,
+                peer: h.peer,
                 seq,
             });
             // A failed send leaves the kept copy in flight for the next worker.

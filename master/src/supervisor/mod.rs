@@ -414,13 +414,16 @@ impl Supervisor {
 
     /// Hands an accepted gateway connection to the instance's worker, waking
     /// it first if it is parked. Gives up after the readiness timeout.
+    /// `stream` must be non-blocking with TCP_NODELAY (see `Adopt`).
     pub async fn handoff(
         &self,
         inst: &Arc<Instance>,
         stream: std::net::TcpStream,
         client: &str,
+        peer: std::net::SocketAddr,
     ) -> Result<(), String> {
         use std::os::fd::AsFd;
+        let stream = Arc::new(stream);
         let deadline = tokio::time::Instant::now() + instance::READY_TIMEOUT;
         let mut ready = inst.ready.subscribe();
         let mut last_error = None;
@@ -435,10 +438,11 @@ impl Supervisor {
             match control {
                 Some(control) => {
                     let client: String = client.chars().take(256).collect();
-                    let seq = inst.lock().in_flight.track(&stream, &client);
+                    let seq = inst.lock().in_flight.track(&stream, &client, peer);
                     let msg = proto::ToWorker::Adopt(proto::message::Adopt {
                         kind: proto::message::Transport::Tcp,
                         client,
+                        peer,
                         seq,
                     });
                     match control.send(&msg, &[stream.as_fd()]).await {

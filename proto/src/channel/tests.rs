@@ -110,6 +110,7 @@ async fn passes_listener_and_connection() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "198.51.100.1".into(),
+        peer: "198.51.100.1:5000".parse().unwrap(),
         seq: 1,
     });
     master
@@ -154,6 +155,7 @@ async fn wrong_fd_count_from_peer() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "c".into(),
+        peer: "127.0.0.1:5000".parse().unwrap(),
         seq: 1,
     });
     fdpass::send(raw.as_fd(), &frame_of(&adopt), &[]).expect("send");
@@ -186,6 +188,7 @@ async fn wrong_fd_count_at_sender() {
     let adopt = ToWorker::from(Adopt {
         kind: Transport::Tcp,
         client: "c".into(),
+        peer: "127.0.0.1:5000".parse().unwrap(),
         seq: 1,
     });
     assert!(matches!(

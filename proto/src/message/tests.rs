@@ -41,6 +41,7 @@ pub(crate) fn to_worker_samples() -> Vec<ToWorker> {
         Adopt {
             kind: Transport::Tcp,
             client: "203.0.113.7".into(),
+            peer: "203.0.113.7:40000".parse().unwrap(),
             seq: 9,
         }
         .into(),

@@ -94,18 +94,14 @@ pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
     let (ctx, stop) = (ctx.clone(), stop.clone());
     tokio::spawn(async move {
         loop {
-            let user = tokio::select! {
+            // Non-blocking with TCP_NODELAY already (see `proto::message::Adopt`).
+            let (user, peer) = tokio::select! {
                 () = stop.cancelled() => return,
                 u = rx.recv() => match u {
                     Some(u) => u,
                     None => return,
                 },
             };
-            let Ok(peer) = user.peer_addr() else {
-                continue;
-            };
-            // Accepted by the master's gateway, which does not set it.
-            let _ = user.set_nodelay(true);
             let (ctx2, opener) = (ctx.clone(), opener.clone());
             ctx.spawn_session(handle(user, peer, ctx2, opener));
         }

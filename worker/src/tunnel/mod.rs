@@ -67,7 +67,7 @@ pub(crate) struct Ctx {
     pub with_entry: bool,
     ready: watch::Sender<Option<ReadyInfo>>,
     /// Connections handed over by the master's gateway, served by the entrance.
-    adopted: std::sync::Mutex<Option<mpsc::Receiver<TcpStream>>>,
+    adopted: std::sync::Mutex<Option<mpsc::Receiver<Adopted>>>,
     seq: AtomicU32,
 }
 
@@ -129,8 +129,11 @@ pub struct Engine {
     with_entry: bool,
     grace_ms: Arc<AtomicU64>,
     ready: watch::Sender<Option<ReadyInfo>>,
-    adopt: (mpsc::Sender<TcpStream>, mpsc::Receiver<TcpStream>),
+    adopt: (mpsc::Sender<Adopted>, mpsc::Receiver<Adopted>),
 }
+
+/// A connection handed over by the master's gateway, and its peer address.
+pub type Adopted = (TcpStream, std::net::SocketAddr);
 
 /// Connections waiting to be adopted before the entrance picks them up.
 const ADOPT_QUEUE: usize = 1024;
@@ -156,7 +159,7 @@ impl Engine {
 
     /// Where to hand accepted connections (gateway handoff): they are served
     /// exactly like connections on the instance's own entrance.
-    pub fn adopter(&self) -> mpsc::Sender<TcpStream> {
+    pub fn adopter(&self) -> mpsc::Sender<Adopted> {
         self.adopt.0.clone()
     }
 
