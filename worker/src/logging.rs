@@ -2,29 +2,35 @@
 //! stderr standalone, to the master under supervision.
 
 use proto::spec::LogLevel;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::prelude::*;
 
-fn filter(level: LogLevel) -> EnvFilter {
+/// Only our crates at the chosen level; libraries (rustls) stay at warn.
+/// (`Targets`, not `EnvFilter`: no regex engine paged into every worker.)
+fn filter(level: LogLevel) -> Targets {
     // `event` and `none` show only errors: stats lines do not go through the log.
-    let directive = match level {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error | LogLevel::Event => "error",
-        LogLevel::None => "off",
+    let ours = match level {
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Error | LogLevel::Event => LevelFilter::ERROR,
+        LogLevel::None => LevelFilter::OFF,
     };
-    // Only our crates at the chosen level; libraries (rustls) stay at warn.
-    EnvFilter::new(format!("warn,drover_worker={directive},proto={directive}"))
+    Targets::new()
+        .with_default(LevelFilter::WARN)
+        .with_target("drover_worker", ours)
+        .with_target("proto", ours)
 }
 
 /// Installs the stderr logger (standalone: with timestamps).
 pub fn init(level: LogLevel) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(level))
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter(level)))
         .try_init();
 }
 
@@ -34,11 +40,12 @@ pub fn init_with_writer<W>(level: LogLevel, writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter(level))
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_target(false)
         .without_time()
-        .with_writer(writer)
+        .with_writer(writer);
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter(level)))
         .try_init();
 }

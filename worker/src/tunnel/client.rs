@@ -199,12 +199,12 @@ async fn dual_end(ctx: Arc<Ctx>, stop: CancellationToken) -> Result<(), TunnelEr
     // worker is ready as soon as it runs.
     ctx.mark_ready(2, None);
     let p = &ctx.spec.params;
-    let tls = ClientTls {
-        fp: p.fp.clone(),
-        sni: p.sni.clone(),
-        ca_file: p.crt.clone(),
-        tunnel_host: ctx.spec.tunnel.host.clone(),
-    };
+    let tls = ClientTls::new(
+        p.fp.clone(),
+        p.sni.clone(),
+        p.crt.clone(),
+        ctx.spec.tunnel.host.clone(),
+    );
     let pool = IdlePool::new(ctx.stats.clone());
     let waiting: Arc<Waiting> = Arc::default();
     let mut entrance_up = false;

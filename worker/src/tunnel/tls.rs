@@ -5,9 +5,13 @@
 //! - Server `tls=2`: `crt`/`key` files, reloaded when they change on disk.
 //! - Client: with `fp=` the server's leaf certificate must hash to it; at
 //!   `tls=2` the chain is verified against the system roots plus the client's
-//!   `crt=` file, for the name in `sni=`.
+//!   `crt=` file, for the name in `sni=`. One connector serves every link
+//!   (rebuilt when the server's mode or the `crt=` file changes): building
+//!   one per pool link loaded the system roots from disk each time and cost
+//!   ~14 KiB of session cache per idle link.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -92,15 +96,66 @@ impl ServerTls {
 /// Client-side TLS settings from the client URL.
 #[derive(Clone)]
 pub struct ClientTls {
-    pub fp: Option<String>,
-    pub sni: Option<String>,
-    pub ca_file: Option<String>,
-    pub tunnel_host: String,
+    fp: Option<String>,
+    sni: Option<String>,
+    ca_file: Option<String>,
+    tunnel_host: String,
+    /// The connector last built, shared by clones.
+    built: Arc<Mutex<Option<Built>>>,
+}
+
+/// A connector, and what it was built for.
+struct Built {
+    mode: u8,
+    ca_modified: Option<SystemTime>,
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
 }
 
 impl ClientTls {
-    /// A connector and server name for the mode the server announced.
+    pub fn new(
+        fp: Option<String>,
+        sni: Option<String>,
+        ca_file: Option<String>,
+        tunnel_host: String,
+    ) -> Self {
+        Self {
+            fp,
+            sni,
+            ca_file,
+            tunnel_host,
+            built: Arc::default(),
+        }
+    }
+
+    /// A connector and server name for the mode the server announced: the
+    /// one built before while the mode and the `crt=` file are unchanged.
     pub fn connector(
+        &self,
+        mode: u8,
+    ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TunnelError> {
+        let ca_modified = self
+            .ca_file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        let mut built = self.built.lock().expect("tls connector lock");
+        if let Some(b) = built.as_ref()
+            && b.mode == mode
+            && b.ca_modified == ca_modified
+        {
+            return Ok((b.connector.clone(), b.name.clone()));
+        }
+        let (connector, name) = self.build(mode)?;
+        *built = Some(Built {
+            mode,
+            ca_modified,
+            connector: connector.clone(),
+            name: name.clone(),
+        });
+        Ok((connector, name))
+    }
+
+    fn build(
         &self,
         mode: u8,
     ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), TunnelError> {
@@ -155,12 +210,14 @@ impl ClientTls {
                 algs: provider().signature_verification_algorithms,
             })
         };
-        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TunnelError::Config(format!("tls: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
+        // Our servers issue no tickets (`send_tls13_tickets = 0`).
+        cfg.resumption = rustls::client::Resumption::disabled();
         Ok((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
     }
 }
@@ -216,5 +273,41 @@ impl ServerCertVerifier for Pinned {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One connector serves every link while the mode and the `crt=` file
+    /// stay the same; a changed file or mode builds a new one.
+    #[test]
+    fn connector_is_built_once_per_mode_and_file() {
+        let ca = std::env::temp_dir().join(format!("drover-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, Material::self_signed().expect("cert").cert_pem).expect("write ca");
+        let tls = ClientTls::new(
+            None,
+            Some("drover".into()),
+            Some(ca.display().to_string()),
+            "127.0.0.1".into(),
+        );
+        let config = |mode| tls.connector(mode).expect("connector").0.config().clone();
+        let first = config(1);
+        assert!(Arc::ptr_eq(&first, &config(1)), "reused");
+        let two = config(2);
+        assert!(
+            !Arc::ptr_eq(&first, &two),
+            "another mode, another connector"
+        );
+        assert!(Arc::ptr_eq(&two, &config(2)));
+        let earlier = SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&ca)
+            .and_then(|f| f.set_modified(earlier))
+            .expect("touch ca");
+        assert!(!Arc::ptr_eq(&two, &config(2)), "crt= changed: rebuilt");
+        let _ = std::fs::remove_file(&ca);
     }
 }
