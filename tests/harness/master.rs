@@ -14,7 +14,7 @@
 //! 5. `Drop` SIGKILLs the master's process group and any worker it left,
 //!    reaps the master, and prints its log when the test is failing.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use crate::api::Api;
 use crate::procs::{children, proc_alive, proc_cmdline};
 use crate::reaped::Reaped;
 use crate::sse::SseStream;
-use crate::worker::worker_bin;
+use crate::worker::{spawn_line_reader, worker_bin};
 
 /// How often workers report stats and the master persists counters (the
 /// master's `STATS_INTERVAL`): tests that check "within one interval" wait
@@ -463,24 +463,9 @@ pub(crate) fn spawn_reader(
     log: Arc<Mutex<Log>>,
     tx: Arc<watch::Sender<usize>>,
 ) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
-                    log.lock().expect("log").lines.push(text);
-                    tx.send_modify(|n| *n += 1);
-                }
-            }
-        }
-        log.lock().expect("log").closed += 1;
-        tx.send_modify(|n| *n += 1);
+    spawn_line_reader(stream, log, tx, |log, line| match line {
+        Some(text) => log.lines.push(text),
+        None => log.closed += 1,
     });
 }
 

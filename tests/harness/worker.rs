@@ -349,6 +349,21 @@ fn spawn_reader(
     log: Arc<Mutex<Log>>,
     tx: Arc<watch::Sender<usize>>,
 ) {
+    spawn_line_reader(stream, log, tx, move |log, line| match line {
+        Some(text) => log.lines.push(Line { stderr, text }),
+        None => log.closed += 1,
+    });
+}
+
+/// Reads `stream` line by line on a thread of its own, recording each line
+/// (without its end) and then the EOF (`None`) into `log` with `record`;
+/// `tx` counts the records, so waiters wake on each.
+pub(crate) fn spawn_line_reader<L: Send + 'static>(
+    stream: impl Read + Send + 'static,
+    log: Arc<Mutex<L>>,
+    tx: Arc<watch::Sender<usize>>,
+    record: impl Fn(&mut L, Option<String>) + Send + 'static,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -360,12 +375,12 @@ fn spawn_reader(
                     let text = String::from_utf8_lossy(&buf)
                         .trim_end_matches(['\n', '\r'])
                         .to_string();
-                    log.lock().expect("log").lines.push(Line { stderr, text });
+                    record(&mut log.lock().expect("log"), Some(text));
                     tx.send_modify(|n| *n += 1);
                 }
             }
         }
-        log.lock().expect("log").closed += 1;
+        record(&mut log.lock().expect("log"), None);
         tx.send_modify(|n| *n += 1);
     });
 }
