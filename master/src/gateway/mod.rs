@@ -104,7 +104,12 @@ impl Gateway {
                     self.dispatch(stream, peer, &waiting);
                 }
                 Err(_) if stop.is_cancelled() => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A signal, or a client gone before its turn: nothing to wait for.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!(cause = %e, "gateway accept failed");
                     std::thread::sleep(backoff);
