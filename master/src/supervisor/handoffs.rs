@@ -4,12 +4,12 @@
 //! `sendmsg` succeeds until the last of its threads is gone), and the socket
 //! inside that frame dies with it. So the master keeps its own reference to
 //! each handed connection until the worker answers `Adopted` (shared with
-//! the sender, so keeping it costs no `dup` and no `close` on the
-//! connection's path), and gives the
-//! unanswered ones to the next worker — those nothing was read from or
-//! written to yet (see [`untouched`]), so the client sees only a delay. The
-//! worker answers off the connection's path, after the session started, so
-//! one it had begun to serve is closed rather than served twice.
+//! the sender: keeping it costs no `dup` and no `close` on the connection's
+//! path), and gives the unanswered ones to the next worker — those nothing
+//! was read from or written to yet (see [`untouched`]), so the client sees
+//! only a delay. The worker answers off the connection's path, after the
+//! session started, so one it had begun to serve is closed rather than
+//! served twice.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
