@@ -77,7 +77,8 @@ impl Gateway {
         let to_shut = listener.try_clone()?;
         let stopped = stop.clone();
         std::thread::Builder::new()
-            .name("drover-gateway-wait".into())
+            // Thread names stop at 15 bytes.
+            .name("drover-gw-wait".into())
             .spawn(move || {
                 rt.block_on(stopped.cancelled());
                 let _ = socket2::SockRef::from(&to_shut).shutdown(std::net::Shutdown::Read);
