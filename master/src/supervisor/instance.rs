@@ -419,7 +419,6 @@ impl Task {
 
     async fn spawn(&self) -> Result<Worker, String> {
         let listeners = self.listeners().ok_or("no listeners")?;
-        let listeners = &listeners;
         let (url, tls, tenant) = {
             let s = self.inst.lock();
             let tls = s.record.cert.as_ref().map(|c| TlsMaterial {
@@ -465,7 +464,7 @@ impl Task {
         let worker = match self.shared.spares.take(&tenant) {
             Some(spare) => {
                 let leaf = spare.leaf.clone();
-                let worker = spawn::adopt_spare(spare, launch, listeners, on_stderr).await?;
+                let worker = spawn::adopt_spare(spare, launch, &listeners, on_stderr).await?;
                 self.shared
                     .isolation
                     .rename_leaf(&tenant, &leaf, &self.inst.id);
@@ -480,7 +479,7 @@ impl Task {
                         .await?,
                     ..launch
                 };
-                spawn::spawn(&self.shared.worker_bin, launch, listeners, on_stderr).await?
+                spawn::spawn(&self.shared.worker_bin, launch, &listeners, on_stderr).await?
             }
         };
         // The next start in this tenant takes a spare started now, off its path.

@@ -355,35 +355,35 @@ impl Supervisor {
     pub async fn set_url(&self, id: &str, url: &str) -> Result<InstanceView, SupError> {
         let inst = self.require(id)?;
         let (url, spec) = self.normalise(url)?;
-        let (old, held) = {
+        let (old_tls, old_cert, held) = {
             let s = inst.lock();
             if s.record.url == url {
                 return Err(SupError::Conflict("Instance URL conflict".into()));
             }
             let held = s.listeners.clone().unwrap_or_default();
-            ((s.record.clone(), s.spec.clone()), held)
+            (s.spec.params.tls, s.record.cert.clone(), held)
         };
         let listeners = Listeners::bind_reusing(&spec, &held)?;
         drop(held);
-        let mut record = old.0.clone();
-        record.url = url;
-        if old.1.params.tls != spec.params.tls {
-            record.cert = None;
+        let mut cert = if old_tls == spec.params.tls {
+            old_cert
+        } else {
+            None
+        };
+        if needs_cert(&spec) && cert.is_none() {
+            cert = Some(new_cert()?);
         }
-        if needs_cert(&spec) && record.cert.is_none() {
-            record.cert = Some(new_cert()?);
-        }
-        {
+        let old = {
             let mut s = inst.lock();
-            s.record.url.clone_from(&record.url);
-            s.record.cert = record.cert;
-            s.spec = spec;
-        }
+            (
+                std::mem::replace(&mut s.record.url, url),
+                std::mem::replace(&mut s.record.cert, cert),
+                std::mem::replace(&mut s.spec, spec),
+            )
+        };
         if let Err(e) = self.persist(&inst).await {
             let mut s = inst.lock();
-            s.record.url = old.0.url;
-            s.record.cert = old.0.cert;
-            s.spec = old.1;
+            (s.record.url, s.record.cert, s.spec) = old;
             return Err(e);
         }
         inst.lock().status = Status::Running;
