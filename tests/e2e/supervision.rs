@@ -975,6 +975,16 @@ async fn udp_datagrams_during_an_outage_are_answered_by_the_replacement() {
 
     signal_pid(pid, Signal::SIGKILL);
     wait_until(DEADLINE, "the killed worker is gone", || all_exited(pid)).await;
+    // The process can be gone before the master has seen it go: until then
+    // the view still shows the killed worker, which is not one that is back.
+    wait_instance(
+        &api,
+        &id,
+        DEADLINE,
+        "no longer shows the killed worker",
+        |v| worker_pid(v) != Some(pid),
+    )
+    .await;
     let new_client = udp_connected(entrance).await;
     let payload =
         |who: &str, i: usize| format!("{who} datagram {i} during the outage").into_bytes();
