@@ -1,11 +1,14 @@
 //! TCP through every mode: 8 MiB each way with equal SHA-256, 200 concurrent
-//! connections, half-close.
+//! connections, half-close; a single-end burst served by two acceptors.
+
+use std::time::Duration;
 
 use drover_e2e::io::{send_half_close_read_all, stream_echo_sha256};
 use drover_e2e::{
-    EchoServer, Mode, SinkReplyServer, TRANSFER_DEADLINE, TunnelBuilder, pattern, random_bytes,
-    sha256,
+    DEADLINE, EchoServer, Mode, SinkReplyServer, Stats, TRANSFER_DEADLINE, TunnelBuilder, pattern,
+    random_bytes, sha256,
 };
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -152,4 +155,69 @@ async fn half_close_forward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_single() {
     half_close(Mode::Single).await;
+}
+
+/// Connections at once per wave in the burst test.
+const WAVE: usize = 128;
+/// Waves at most before the second acceptor must have started.
+const WAVES: usize = 30;
+
+/// Waves of 128 connections at once through a single-end client queue up at
+/// its listener: a second acceptor thread starts, every echo comes back
+/// intact, the helper retires once the burst is over and the first thread
+/// serves alone again, and the final counters equal the bytes carried by
+/// both threads exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_spreads_over_a_second_acceptor() {
+    let echo = EchoServer::start().await;
+    let tunnel = TunnelBuilder::new(Mode::Single, &[echo.addr])
+        .entrance("log=debug")
+        .start()
+        .await;
+    let worker = tunnel.entrance_worker();
+    let mut carried = 0usize;
+    for wave in 0..WAVES {
+        let mut set = JoinSet::new();
+        for i in 0..WAVE {
+            set.spawn(one_connection(tunnel.entrance, wave * WAVE + i));
+        }
+        let results = tokio::time::timeout(TRANSFER_DEADLINE, set.join_all())
+            .await
+            .expect("a wave of echoes did not finish");
+        let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        assert!(failures.is_empty(), "wave {wave}: {failures:?}");
+        carried += WAVE;
+        if worker.count_lines("second acceptor started") > 0 {
+            break;
+        }
+    }
+    assert!(
+        worker.count_lines("second acceptor started") > 0,
+        "{carried} connections in waves of {WAVE} never started a second acceptor\n{}",
+        worker.dump()
+    );
+    worker
+        .wait_for_line("second acceptor retired", Duration::from_secs(30))
+        .await;
+    one_connection(tunnel.entrance, usize::MAX - 1)
+        .await
+        .expect("echo after the second acceptor retired");
+    carried += 1;
+    assert_eq!(echo.accepted(), carried);
+
+    let mark = worker.mark();
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(DEADLINE).await;
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let line = worker
+        .lines_since(mark, "CHECK_POINT|")
+        .pop()
+        .expect("a CHECK_POINT line after SIGTERM");
+    let stats = Stats::parse(&line).expect("well-formed CHECK_POINT line");
+    let bytes = (carried * PER_CONNECTION) as u64;
+    assert_eq!(
+        (stats.tcprx, stats.tcptx, stats.tcps),
+        (bytes, bytes, 0),
+        "{line}"
+    );
 }

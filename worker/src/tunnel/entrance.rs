@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -16,6 +17,7 @@ use super::exit;
 use super::link::Link;
 use super::pool::IdlePool;
 use super::relay::{self, Counters};
+use super::spill::Spill;
 use super::wire::{Header, HeaderKind};
 use crate::stats::Proto;
 
@@ -63,6 +65,8 @@ pub async fn serve_tcp(
     // Accepted sockets inherit TCP_NODELAY from their listener (Linux): one
     // setsockopt here instead of one per connection.
     let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
+    // Single-end sessions may be spread over a second thread under load.
+    let spill = matches!(opener, Opener::Direct).then(Spill::new);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -72,8 +76,16 @@ pub async fn serve_tcp(
         match accepted {
             Ok((user, peer)) => {
                 backoff = Duration::from_millis(10);
-                let (ctx2, opener) = (ctx.clone(), opener.clone());
-                ctx.spawn_session(handle(user, peer, ctx2, opener));
+                let (ctx2, opener2) = (ctx.clone(), opener.clone());
+                ctx.spawn_session(handle(user, peer, ctx2, opener2));
+                // One queued connection at most, as the second acceptor
+                // takes, so neither thread takes more than its share.
+                if let Some(spill) = &spill
+                    && let Some((user, peer)) = queued(&listener)
+                {
+                    spill.queued(&listener, &ctx, &stop);
+                    ctx.spawn_session(handle(user, peer, ctx.clone(), Opener::Direct));
+                }
             }
             Err(e) => {
                 // Out of fds or similar: keep the listener, slow down.
@@ -82,6 +94,18 @@ pub async fn serve_tcp(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// The next connection if one is already waiting, without waiting for one.
+/// (When there is none, this makes the `accept4` that the next
+/// `accept().await` would have made to find the queue empty.)
+pub(super) fn queued(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    let mut cx = Context::from_waker(Waker::noop());
+    // An error comes back to the accept loop's own call, which backs off.
+    match listener.poll_accept(&mut cx) {
+        Poll::Ready(Ok(accepted)) => Some(accepted),
+        _ => None,
     }
 }
 
@@ -108,7 +132,7 @@ pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
     });
 }
 
-async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
+pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
     let Some(_slot) = ctx.slots.try_acquire() else {
         tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");
         return;

@@ -22,6 +22,7 @@ mod pool;
 pub mod proxy_header;
 pub mod relay;
 mod server;
+mod spill;
 pub mod target;
 pub mod tls;
 mod udp;
