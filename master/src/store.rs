@@ -341,16 +341,61 @@ impl Store {
         &self,
         latest: impl FnOnce() -> Option<InstanceRecord>,
     ) -> Result<bool, StoreError> {
+        self.put_instance_settled(|| latest().map(|r| (r, None, ())), |_, ()| {})
+            .await
+    }
+
+    /// [`put_instance_latest`](Self::put_instance_latest) that may also
+    /// write the instance's counters, in the same transaction, and then
+    /// hands `settle` whether the write landed together with the `T` that
+    /// `latest` returned. Both run under the write gate, so a caller that
+    /// changes memory in `latest` can take the change back in `settle`
+    /// before any other write sees it.
+    pub async fn put_instance_settled<T>(
+        &self,
+        latest: impl FnOnce() -> Option<(InstanceRecord, Option<Counters>, T)>,
+        settle: impl FnOnce(bool, T),
+    ) -> Result<bool, StoreError> {
         let _gate = self.write_gate.lock().await;
-        let Some(record) = latest() else {
+        let Some((record, totals, token)) = latest() else {
             return Ok(false);
         };
-        let value = encode(&record, "instances", &record.id)?;
-        self.instances
-            .insert(record.id.as_bytes(), value)
-            .map_err(sled_err("writing", "instances", &record.id))?;
-        self.flush_gated().await?;
-        Ok(true)
+        let res = self.write_instance(&record, totals).await;
+        settle(res.is_ok(), token);
+        res.map(|()| true)
+    }
+
+    /// Writes a record (and its counters, when given) durably; the caller
+    /// holds the write gate.
+    async fn write_instance(
+        &self,
+        record: &InstanceRecord,
+        totals: Option<Counters>,
+    ) -> Result<(), StoreError> {
+        let id = record.id.as_str();
+        let value = encode(record, "instances", id)?;
+        match totals {
+            None => {
+                self.instances
+                    .insert(id.as_bytes(), value)
+                    .map_err(sled_err("writing", "instances", id))?;
+            }
+            Some(totals) => {
+                let counters = CounterRecord {
+                    v: SCHEMA_VERSION,
+                    totals,
+                };
+                let counters = encode(&counters, "counters", id)?;
+                (&self.instances, &self.counters)
+                    .transaction(|(instances, counters_tree)| {
+                        instances.insert(id.as_bytes(), value.as_slice())?;
+                        counters_tree.insert(id.as_bytes(), counters.as_slice())?;
+                        Ok(())
+                    })
+                    .map_err(txn_err("writing", "instances", id))?;
+            }
+        }
+        self.flush_gated().await
     }
 
     /// Removes an instance with its counters and every binding to it, in one

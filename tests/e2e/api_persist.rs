@@ -198,10 +198,17 @@ async fn state_survives_sigkill() {
     let full = [BULK, BULK, 0, 0];
     s.pair.wait_counters(&api, full, full).await;
     let before = api.list().await;
+    let old_pids = kill_and_wait_released(&master, &s).await;
+    let master = Master::restart(&master).await;
+    check_restored(&master, &s, &before, &old_pids, full).await;
+}
+
+/// SIGKILLs the master; waits until no worker survives it (within 2 s) and
+/// every port of `s` can be bound again. Returns the workers it had.
+async fn kill_and_wait_released(master: &Master, s: &Setup) -> Vec<u32> {
     let old_pids = master.instance_workers();
     assert_eq!(old_pids.len(), 3, "three workers before the kill");
     master.kill();
-
     wait_until(
         ORPHAN_DEADLINE,
         "every worker of the killed master is gone",
@@ -220,9 +227,34 @@ async fn state_survives_sigkill() {
         || tcp.iter().all(|a| tcp_port_free(*a)) && udp.iter().all(|a| udp_port_free(*a)),
     )
     .await;
+    old_pids
+}
+
+/// A PATCH that renames and resets in one request is on disk whole when it
+/// is answered: a master killed right after the answer comes back with the
+/// new alias and zero counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_alias_and_reset_survive_sigkill() {
+    let master = Master::start().await;
+    let s = setup(&master).await;
+    let api: Api = master.api();
+    let full = [BULK, BULK, 0, 0];
+    s.pair.wait_counters(&api, full, full).await;
+    let id = &s.pair.server_id;
+    let answer = api
+        .patch_instance(
+            id,
+            json!({ "alias": "renamed with reset", "action": "reset" }),
+        )
+        .await;
+    assert_eq!(answer["alias"], "renamed with reset");
+    assert_eq!(counters(&answer), [0; 4], "the PATCH answer's counters");
+    kill_and_wait_released(&master, &s).await;
 
     let master = Master::restart(&master).await;
-    check_restored(&master, &s, &before, &old_pids, full).await;
+    let restored = master.api().instance(id).await;
+    assert_eq!(restored["alias"], "renamed with reset");
+    assert_eq!(counters(&restored), [0; 4], "counters after the restart");
 }
 
 /// SIGINT stops the master as SIGTERM does: exit 0, its workers gone, what

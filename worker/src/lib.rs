@@ -17,7 +17,9 @@ pub mod tunnel;
 /// One thread, because parallelism comes from running one process per
 /// instance: a second runtime thread measured no faster on 2 cores (TCP
 /// throughput within noise), added ~0.4 MiB per idle worker, and cost the
-/// reverse tunnel +28 µs per round trip in cross-thread wake-ups.
+/// reverse tunnel +28 µs per round trip in cross-thread wake-ups. (A
+/// single-end entrance under a burst adds a second thread of its own that
+/// keeps its sessions: `tunnel::spill`.)
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     match std::env::var("DROVER_WORKER_THREADS")
         .ok()

@@ -563,3 +563,34 @@ async fn latest_record_is_taken_at_write_time() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].alias, "changed while waiting");
 }
+
+/// `put_instance_settled` writes a record and its counters together, hands
+/// `settle` the outcome with the caller's token, and with `None` writes
+/// nothing and settles nothing.
+#[tokio::test]
+async fn record_and_counters_land_together() {
+    let (tmp, store) = open();
+    let record = instance("aaaa0002");
+    let mut settled = Vec::new();
+    let wrote = store
+        .put_instance_settled(
+            || Some((record.clone(), Some(counters(5)), "token")),
+            |landed, token| settled.push((landed, token)),
+        )
+        .await
+        .unwrap();
+    assert!(wrote);
+    assert_eq!(settled, [(true, "token")]);
+    let wrote = store
+        .put_instance_settled(
+            || None::<(InstanceRecord, Option<Counters>, ())>,
+            |_, ()| panic!("nothing was written, nothing to settle"),
+        )
+        .await
+        .unwrap();
+    assert!(!wrote);
+    let store = reopen(&tmp, store);
+    let (records, _) = store.instances();
+    assert_eq!(records, [record]);
+    assert_eq!(store.counters("aaaa0002"), counters(5));
+}

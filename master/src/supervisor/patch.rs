@@ -7,8 +7,9 @@ use tokio::sync::oneshot;
 
 use super::instance::{Command, Instance, Status, WorkerState};
 use super::listeners::Listeners;
+use super::state::State;
 use super::{SupError, Supervisor};
-use crate::model::{InstanceRecord, InstanceView, MAX_META, Peer};
+use crate::model::{Counters, InstanceRecord, InstanceView, MAX_META, Peer};
 use crate::sse::EventKind;
 
 /// The stored fields a PATCH sets; `None` keeps a field. `peer` and `tags`
@@ -86,11 +87,11 @@ impl Supervisor {
             _ => Go::Nothing,
         };
         // If this fails, `go` is dropped with the listeners it bound.
-        let mut view = self.update(&inst, edit).await?;
+        let reset = action == Some(Action::Reset);
+        let mut view = self.update(&inst, edit, reset).await?;
         match action {
-            None => return Ok(view),
+            None | Some(Action::Reset) => return Ok(view),
             Some(Action::Stop) => self.stop(&inst).await,
-            Some(Action::Reset) => self.reset(&inst).await?,
             Some(Action::Start | Action::Restart) => match go {
                 Go::Nothing => {}
                 Go::Restart => inst.send(Command::Restart),
@@ -118,17 +119,59 @@ impl Supervisor {
         })
     }
 
-    /// Applies `edit` to the stored fields and persists them.
-    async fn update(&self, inst: &Instance, edit: &RecordEdit) -> Result<InstanceView, SupError> {
-        {
-            let mut s = inst.lock();
-            let r = edit.applied_to(&s.record)?;
-            if r == s.record {
-                return Ok(s.view());
-            }
-            s.record = r;
+    /// Applies `edit` to the stored fields and, with `reset`, zeroes the
+    /// counters, in one write. Memory changes under the store's write gate
+    /// and is put back there if the write fails: the change is shown only
+    /// once it is on disk, and a failed write changes nothing.
+    async fn update(
+        &self,
+        inst: &Instance,
+        edit: &RecordEdit,
+        reset: bool,
+    ) -> Result<InstanceView, SupError> {
+        let mut skipped = Skipped::Removed;
+        let wrote = self
+            .shared
+            .store
+            .put_instance_settled(
+                || {
+                    let mut s = inst.lock();
+                    if s.removed {
+                        return None;
+                    }
+                    let record = match edit.applied_to(&s.record) {
+                        Ok(r) if r == s.record && !reset => {
+                            skipped = Skipped::Unchanged;
+                            return None;
+                        }
+                        Ok(r) => r,
+                        Err(e) => {
+                            skipped = Skipped::Refused(e);
+                            return None;
+                        }
+                    };
+                    let undo = Undo::apply(&mut s, record.clone(), reset);
+                    let totals = reset.then(|| s.totals());
+                    Some((record, totals, (undo, totals)))
+                },
+                |landed, (undo, totals)| {
+                    let mut s = inst.lock();
+                    match (landed, totals) {
+                        (true, Some(t)) => s.shown = t,
+                        (true, None) => {}
+                        (false, _) => undo.revert(&mut s),
+                    }
+                },
+            )
+            .await
+            .map_err(|e| SupError::Store(e.to_string()))?;
+        if !wrote {
+            return match skipped {
+                Skipped::Removed => Err(SupError::NotFound),
+                Skipped::Unchanged => Ok(inst.view()),
+                Skipped::Refused(e) => Err(e),
+            };
         }
-        self.persist(inst).await?;
         let view = inst.view();
         self.shared.hub.publish(EventKind::Update, Some(&view), "");
         Ok(view)
@@ -143,16 +186,52 @@ impl Supervisor {
         inst.send(Command::Stop(tx));
         let _ = rx.await;
     }
+}
 
-    /// Action reset: zero the counters, on disk before the answer.
-    async fn reset(&self, inst: &Instance) -> Result<(), SupError> {
-        inst.lock().reset_counters();
-        inst.persist_counters(&self.shared.store)
-            .await
-            .map_err(|e| SupError::Store(e.to_string()))?;
-        self.shared
-            .hub
-            .publish(EventKind::Update, Some(&inst.view()), "");
-        Ok(())
+/// Why [`Supervisor::update`] wrote nothing.
+enum Skipped {
+    /// The instance is being deleted.
+    Removed,
+    /// The edit changes nothing.
+    Unchanged,
+    /// The edited record is refused (its limits).
+    Refused(SupError),
+}
+
+/// What an update changed in memory, to put back if its write fails.
+struct Undo {
+    /// The record before, and the one the update set.
+    before: InstanceRecord,
+    set: InstanceRecord,
+    /// `base` and `offset` before a reset, and what the reset set them to.
+    counters: Option<([Counters; 2], [Counters; 2])>,
+}
+
+impl Undo {
+    fn apply(s: &mut State, record: InstanceRecord, reset: bool) -> Undo {
+        let before = std::mem::replace(&mut s.record, record.clone());
+        let counters = reset.then(|| {
+            let old = [s.base, s.offset];
+            s.reset_counters();
+            (old, [s.base, s.offset])
+        });
+        Undo {
+            before,
+            set: record,
+            counters,
+        }
+    }
+
+    /// Puts back what is still as the update left it (a worker that exited
+    /// meanwhile has folded its counters: those stay).
+    fn revert(self, s: &mut State) {
+        if s.record == self.set {
+            s.record = self.before;
+        }
+        if let Some((old, set)) = self.counters
+            && [s.base, s.offset] == set
+        {
+            [s.base, s.offset] = old;
+        }
     }
 }
