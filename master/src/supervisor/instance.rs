@@ -211,40 +211,34 @@ impl Task {
 
     async fn run(mut self) {
         while let Some(cmd) = self.cmds.recv().await {
-            match cmd {
+            let ends = match cmd {
                 Command::Start(l) => {
                     self.inst.lock().listeners = Some(l);
                     self.policy.reset();
-                    if let Some(cmd) = self.run_worker().await
-                        && self.finish(cmd).await
-                    {
-                        return;
-                    }
+                    self.serve().await
                 }
                 Command::Replace(l, done) => {
                     self.replace_listeners(l, done);
-                    if let Some(cmd) = self.run_worker().await
-                        && self.finish(cmd).await
-                    {
-                        return;
-                    }
+                    self.serve().await
                 }
-                Command::Restart => {
-                    if self.inst.lock().listeners.is_some() {
-                        self.policy.reset();
-                        if let Some(cmd) = self.run_worker().await
-                            && self.finish(cmd).await
-                        {
-                            return;
-                        }
-                    }
+                Command::Restart if self.inst.lock().listeners.is_some() => {
+                    self.policy.reset();
+                    self.serve().await
                 }
-                other => {
-                    if self.finish(other).await {
-                        return;
-                    }
-                }
+                other => self.finish(other).await,
+            };
+            if ends {
+                return;
             }
+        }
+    }
+
+    /// Runs workers until a command stops them, then completes it; true =
+    /// the task ends.
+    async fn serve(&mut self) -> bool {
+        match self.run_worker().await {
+            Some(cmd) => self.finish(cmd).await,
+            None => false,
         }
     }
 
