@@ -1,7 +1,7 @@
 //! What the store promises beyond a clean restart: a master SIGKILLed the
 //! moment a 2xx arrives has every acknowledged change on disk, and a corrupt
 //! record is reported and skipped, never used to wipe the store or the key
-//! (and never deleted).
+//! (and never deleted); a full disk refuses changes without showing them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use drover_e2e::api::{id_of, stored_fields, worker_state};
-use drover_e2e::master::master_bin;
+use drover_e2e::confine::is_root;
+use drover_e2e::master::{DEFAULT_URL, master_bin};
 use drover_e2e::procs::{tcp_port_free, udp_port_free};
+use drover_e2e::tmpfs::Tmpfs;
 use drover_e2e::{DEADLINE, KEY_ID, Master, free_addr, wait_for, wait_until, worker_bin};
 
 /// How long after the master's death its workers may still hold ports.
@@ -220,4 +222,68 @@ async fn corrupt_master_record_refuses_to_start() {
     );
     let kept = with_tree(dir, "master", |t| t.get("master"));
     assert_eq!(kept.expect("reading").as_deref(), Some(GARBAGE));
+}
+
+/// A store that runs out of space (a 4 MiB tmpfs as the data dir, filled):
+/// a PATCH gets a JSON 500 and changes nothing the API shows, `/healthz`
+/// says 503; a master SIGKILLed then and restarted after space is freed has
+/// the instance as last acknowledged, and writes work again. Needs root (to
+/// mount); skipped otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_a_patch_and_loses_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("drover-e2e-full-")
+        .tempdir()
+        .expect("temporary dir");
+    let disk = Tmpfs::mount(dir.path(), "4m");
+    let master = Master::start_in(DEFAULT_URL, dir).await;
+    let api = master.api();
+    let view = api
+        .create(json!({ "url": format!("client://{}/{}?mode=1", free_addr(), free_addr()) }))
+        .await;
+    let id = id_of(&view);
+    api.patch_instance(&id, json!({ "alias": "acknowledged" }))
+        .await;
+
+    let filler = disk.fill();
+    let tags: serde_json::Map<String, Value> = (0..100)
+        .map(|i| (format!("t{i}"), json!("x".repeat(100))))
+        .collect();
+    let refused = api
+        .patch(
+            &format!("/instances/{id}"),
+            &json!({ "alias": "refused", "meta": { "tags": tags } }),
+        )
+        .await;
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    let why = refused.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("No space left"),
+        "error names the cause: {why:?}"
+    );
+    let shown = api.instance(&id).await;
+    assert_eq!(
+        shown["alias"], "acknowledged",
+        "a refused PATCH shows nothing"
+    );
+    assert_eq!(shown["meta"]["tags"], json!({}));
+    assert_eq!(api.get("/healthz").await.status, 503);
+
+    master.kill();
+    std::fs::remove_file(&filler).expect("freeing the space");
+    let master = Master::restart(&master).await;
+    let api = master.api();
+    let restored = api.instance(&id).await;
+    assert_eq!(restored["alias"], "acknowledged");
+    assert_eq!(restored["meta"]["tags"], json!({}));
+    assert_eq!(api.get("/healthz").await.status, 200);
+    let after = api.patch_instance(&id, json!({ "alias": "after" })).await;
+    assert_eq!(after["alias"], "after");
 }

@@ -30,6 +30,7 @@ pub mod servers;
 pub mod sse;
 pub mod stats;
 pub mod tls;
+pub mod tmpfs;
 pub mod topology;
 pub mod wait;
 pub mod worker;

@@ -103,6 +103,12 @@ impl Master {
         Self::launch(url, Arc::new(dir), None, worker_bin(), None).await
     }
 
+    /// A master on `url` whose data dir is `dir` (e.g. with a tmpfs mounted
+    /// on it).
+    pub async fn start_in(url: &str, dir: TempDir) -> Master {
+        Self::launch(url, Arc::new(dir), None, worker_bin(), None).await
+    }
+
     /// A master on `url` running as `uid`/`gid` (the test must be root to
     /// switch), with a fresh data dir that user owns.
     pub async fn start_as(url: &str, uid: u32, gid: u32) -> Master {
