@@ -11,8 +11,10 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`"4m"`) on the existing directory `path`.
-    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+    /// Mounts a tmpfs of `size` (`"4m"`) on the existing directory `path`;
+    /// the error when this process may not mount (not root, or a container
+    /// without `CAP_SYS_ADMIN`).
+    pub fn mount(path: &Path, size: &str) -> std::io::Result<Tmpfs> {
         let target = CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
         let options = CString::new(format!("size={size},mode=0700")).expect("options");
         // SAFETY: valid NUL-terminated strings for the duration of the call.
@@ -25,16 +27,12 @@ impl Tmpfs {
                 options.as_ptr().cast(),
             )
         };
-        assert_eq!(
-            rc,
-            0,
-            "mount tmpfs on {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        Tmpfs {
-            path: path.to_path_buf(),
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
     }
 
     /// Writes a file until the filesystem is full; returns its path.
