@@ -5,32 +5,14 @@ use nix::sys::signal::Signal;
 
 use drover_e2e::io::{echo_once, send_half_close_read_all, udp_connected, udp_recv};
 use drover_e2e::{
-    DEADLINE, EchoServer, Mode, SinkReplyServer, Stats, TunnelBuilder, UdpEchoServer, Worker,
-    free_addr, pattern, random_bytes,
+    DEADLINE, EchoServer, Mode, SinkReplyServer, Stats, TunnelBuilder, UdpEchoServer, free_addr,
+    pattern, random_bytes,
 };
 
 /// Bytes the user sends before half-closing.
 const SENT: usize = 300_000;
 /// Bytes the backend sends after its 32-byte digest.
 const REPLY_TAIL: usize = 123_457;
-
-/// Sends SIGTERM, expects exit status 0 and a `CHECK_POINT` line logged after
-/// the signal; returns it parsed.
-async fn stop_and_read_stats(worker: &Worker) -> Stats {
-    let mark = worker.mark();
-    worker.signal(Signal::SIGTERM);
-    let status = worker.wait_exit(DEADLINE).await;
-    assert!(
-        status.success(),
-        "exit status after SIGTERM: {status}\n{}",
-        worker.dump()
-    );
-    let line = worker
-        .lines_since(mark, "CHECK_POINT|")
-        .pop()
-        .unwrap_or_else(|| panic!("no CHECK_POINT line after SIGTERM\n{}", worker.dump()));
-    Stats::parse(&line).unwrap_or_else(|| panic!("malformed CHECK_POINT line {line:?}"))
-}
 
 /// One TCP exchange of known size: `SENT` bytes up, `32 + REPLY_TAIL` down.
 async fn tcp_exchange(entrance: std::net::SocketAddr) {
@@ -67,7 +49,7 @@ async fn final_stats_count_bytes_single() {
     }
     assert_eq!(sink.received(), SENT as u64);
 
-    let stats = stop_and_read_stats(&tunnel.client).await;
+    let stats = tunnel.client.stop_and_read_stats().await;
     let want = (SENT as u64, 32 + REPLY_TAIL as u64, udp_bytes, udp_bytes);
     assert_eq!(
         (stats.tcprx, stats.tcptx, stats.udprx, stats.udptx),
@@ -91,8 +73,8 @@ async fn final_stats_count_bytes_reverse() {
     assert_eq!(sink.received(), SENT as u64);
 
     let (up, down) = (SENT as u64, 32 + REPLY_TAIL as u64);
-    let client = stop_and_read_stats(&tunnel.client).await;
-    let server = stop_and_read_stats(tunnel.server()).await;
+    let client = tunnel.client.stop_and_read_stats().await;
+    let server = tunnel.server().stop_and_read_stats().await;
     assert_eq!(
         (server.tcprx, server.tcptx, server.udprx, server.udptx),
         (up, down, 0, 0),

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use drover_e2e::io::{send_half_close_read_all, stream_echo_sha256};
 use drover_e2e::{
-    DEADLINE, EchoServer, Mode, SinkReplyServer, Stats, TRANSFER_DEADLINE, TunnelBuilder, pattern,
-    random_bytes, sha256,
+    EchoServer, Mode, SinkReplyServer, TRANSFER_DEADLINE, TunnelBuilder, pattern, random_bytes,
+    sha256,
 };
-use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -205,19 +204,11 @@ async fn burst_spreads_over_a_second_acceptor() {
     carried += 1;
     assert_eq!(echo.accepted(), carried);
 
-    let mark = worker.mark();
-    worker.signal(Signal::SIGTERM);
-    let status = worker.wait_exit(DEADLINE).await;
-    assert!(status.success(), "exit status after SIGTERM: {status}");
-    let line = worker
-        .lines_since(mark, "CHECK_POINT|")
-        .pop()
-        .expect("a CHECK_POINT line after SIGTERM");
-    let stats = Stats::parse(&line).expect("well-formed CHECK_POINT line");
+    let stats = worker.stop_and_read_stats().await;
     let bytes = (carried * PER_CONNECTION) as u64;
     assert_eq!(
         (stats.tcprx, stats.tcptx, stats.tcps),
         (bytes, bytes, 0),
-        "{line}"
+        "{stats:?}"
     );
 }

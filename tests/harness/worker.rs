@@ -311,6 +311,24 @@ impl Worker {
         self.proc.kill()
     }
 
+    /// Sends SIGTERM, expects exit status 0 and a `CHECK_POINT` line logged
+    /// after the signal; returns it parsed.
+    pub async fn stop_and_read_stats(&self) -> Stats {
+        let mark = self.mark();
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(crate::DEADLINE).await;
+        assert!(
+            status.success(),
+            "exit status after SIGTERM: {status}\n{}",
+            self.dump()
+        );
+        let line = self
+            .lines_since(mark, "CHECK_POINT|")
+            .pop()
+            .unwrap_or_else(|| panic!("no CHECK_POINT line after SIGTERM\n{}", self.dump()));
+        Stats::parse(&line).unwrap_or_else(|| panic!("malformed CHECK_POINT line {line:?}"))
+    }
+
     /// The last `CHECK_POINT` line, parsed.
     pub fn last_stats(&self) -> Option<Stats> {
         self.lines().iter().rev().find_map(|l| Stats::parse(l))
