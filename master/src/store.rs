@@ -381,11 +381,7 @@ impl Store {
                     .map_err(sled_err("writing", "instances", id))?;
             }
             Some(totals) => {
-                let counters = CounterRecord {
-                    v: SCHEMA_VERSION,
-                    totals,
-                };
-                let counters = encode(&counters, "counters", id)?;
+                let counters = encode_counters(id, totals)?;
                 (&self.instances, &self.counters)
                     .transaction(|(instances, counters_tree)| {
                         instances.insert(id.as_bytes(), value.as_slice())?;
@@ -468,11 +464,7 @@ impl Store {
         }
         let mut values = Vec::with_capacity(batch.len());
         for (id, totals) in &batch {
-            let record = CounterRecord {
-                v: SCHEMA_VERSION,
-                totals: *totals,
-            };
-            values.push((id.as_str(), encode(&record, "counters", id)?));
+            values.push((id.as_str(), encode_counters(id, *totals)?));
         }
         (&self.instances, &self.counters)
             .transaction(|(instances, counters)| {
@@ -647,6 +639,15 @@ fn encode<T: Serialize>(record: &T, tree: &'static str, key: &str) -> Result<Vec
         key: key.to_owned(),
         cause,
     })
+}
+
+/// An instance's counters as stored in the `counters` tree.
+fn encode_counters(id: &str, totals: Counters) -> Result<Vec<u8>, StoreError> {
+    let record = CounterRecord {
+        v: SCHEMA_VERSION,
+        totals,
+    };
+    encode(&record, "counters", id)
 }
 
 /// The instance of a stored binding, or `None` (logged) if unreadable.
