@@ -58,6 +58,13 @@ impl Spill {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Records that an accept found the queue not empty; returns when.
+    fn mark_queued(&self) -> u64 {
+        let now = self.now_ms();
+        self.last_queued_ms.store(now, Relaxed);
+        now
+    }
+
     /// Called by the first acceptor when the accept queue was not empty;
     /// starts the helper once that happened [`START_AT`] times in a window.
     pub fn queued(
@@ -66,8 +73,7 @@ impl Spill {
         ctx: &Arc<Ctx>,
         stop: &CancellationToken,
     ) {
-        let now = self.now_ms();
-        self.last_queued_ms.store(now, Relaxed);
+        let now = self.mark_queued();
         if self.running.load(Relaxed) {
             return;
         }
@@ -144,7 +150,7 @@ impl Spill {
                     Ok(first) => {
                         let next = entrance::queued(&listener);
                         if next.is_some() {
-                            self.last_queued_ms.store(self.now_ms(), Relaxed);
+                            self.mark_queued();
                         }
                         for (user, peer) in std::iter::once(first).chain(next) {
                             let session = entrance::handle(user, peer, ctx.clone(), Opener::Direct);
