@@ -31,6 +31,7 @@ mod systemd;
 mod tunnel_auth;
 mod tunnel_params;
 mod tunnel_resilience;
+mod tunnel_reuse;
 mod tunnel_stats;
 mod tunnel_tcp;
 mod tunnel_tls;

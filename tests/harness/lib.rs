@@ -38,7 +38,7 @@ pub mod worker;
 pub use api::{Api, KEY_ID, Resp};
 pub use data::{pattern, random_bytes, sha256};
 pub use master::{Master, STATS_INTERVAL};
-pub use ports::{free_addr, free_port};
+pub use ports::{closed_recently, free_addr, free_port};
 pub use servers::{
     EchoServer, ProxyHeader, ProxyHeaderServer, RecordingProxy, SinkReplyServer, UdpEchoServer,
 };

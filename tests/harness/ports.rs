@@ -57,3 +57,20 @@ pub fn free_port() -> u16 {
 pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
+
+/// TCP connections to or from `port` in TIME_WAIT: one per connection closed
+/// on that port within the last minute (the side that closed first keeps it).
+pub fn closed_recently(port: u16) -> usize {
+    const TIME_WAIT: &str = "06";
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let on_port = |addr: &str| addr.rsplit(':').next() == Some(port.as_str());
+            f.len() > 3 && f[3] == TIME_WAIT && (on_port(f[1]) || on_port(f[2]))
+        })
+        .count()
+}

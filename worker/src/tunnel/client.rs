@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -279,17 +279,22 @@ async fn run_session(
     token: &CancellationToken,
 ) -> String {
     let peer_starved = Arc::new(Notify::new());
+    let (capacity_tx, capacity_rx) = watch::channel(0u64);
     let hooks = Hooks {
         send_starved: None,
         on_starved: Some(peer_starved.clone()),
+        send_capacity: Some(capacity_rx),
+        on_capacity: None,
     };
     tokio::select! {
         why = control::run(control_link, &ctx.stats, hooks, token) => why,
-        why = fill(ctx, tls, &session, pool, waiting, &peer_starved, token) => why,
+        why = fill(ctx, tls, &session, pool, waiting, &peer_starved, &capacity_tx, token) => why,
     }
 }
 
-/// Keeps `capacity` idle links dialled and authenticated.
+/// Keeps `capacity` links dialled and authenticated: idle, or carrying a
+/// session that may hand them back.
+#[allow(clippy::too_many_arguments)]
 async fn fill(
     ctx: &Arc<Ctx>,
     tls: &ClientTls,
@@ -297,11 +302,17 @@ async fn fill(
     pool: &Arc<IdlePool>,
     waiting: &Arc<Waiting>,
     peer_starved: &Notify,
+    capacity_tx: &watch::Sender<u64>,
     token: &CancellationToken,
 ) -> String {
     let min = ctx.spec.params.min.min(session.cfg.max).max(1) as usize;
     let max = session.cfg.max.max(1) as usize;
     let mut capacity = min;
+    // The entrance trims to it: our own pool (forward), the server's (reverse).
+    let publish = |capacity: usize| {
+        pool.set_target(capacity);
+        capacity_tx.send_replace(capacity as u64);
+    };
     let mut starved_recently = false;
     let mut dials: JoinSet<Result<Link, (u8, String)>> = JoinSet::new();
     let mut failures = 0u32;
@@ -309,25 +320,31 @@ async fn fill(
     decay.tick().await;
     let forward = session.cfg.flow == Flow::Forward;
     loop {
-        let idle = if forward {
-            pool.len()
+        let held = if forward {
+            pool.held()
         } else {
-            waiting.count.load(Relaxed) as usize
+            waiting.held.load(Relaxed) as usize
         };
-        while idle + dials.len() < capacity && dials.len() < DIAL_PARALLEL {
+        while held + dials.len() < capacity && dials.len() < DIAL_PARALLEL {
             let (ctx, tls, session) = (ctx.clone(), tls.clone(), session.clone());
             dials.spawn(async move { dial_pool(&ctx, &tls, &session).await });
         }
         // On starvation the pool doubles, but only up to twice the sessions
         // open right now: demand, not the number of starved takes, sets its
         // size. Doubling on every starved take ran a pool to `max` (1,024
-        // TLS links, 30 MB) in a 3-s burst of 8 concurrent users.
+        // TLS links, 30 MB) in a 3-s burst of 8 concurrent users. `max`
+        // bounds the idle links (the server refuses more), so the links held
+        // may reach it plus those carrying sessions.
         let grow = |capacity: &mut usize| {
             let open = ctx.stats.tcps.load(Relaxed) + ctx.stats.udps.load(Relaxed);
-            let demand = usize::try_from(open.saturating_mul(2)).unwrap_or(usize::MAX);
-            let new = (*capacity * 2).min(demand).min(max).max(*capacity);
+            let open = usize::try_from(open).unwrap_or(usize::MAX);
+            let new = (*capacity * 2)
+                .min(open.saturating_mul(2))
+                .min(max.saturating_add(open))
+                .max(*capacity);
             if new > *capacity {
                 tracing::debug!(capacity = new, open, "pool grows");
+                publish(new);
             }
             *capacity = new;
         };
@@ -348,7 +365,8 @@ async fn fill(
                         return "server no longer knows this session".into();
                     }
                     if status == wire::STATUS_POOL_FULL {
-                        capacity = idle.max(1);
+                        capacity = held.max(1);
+                        publish(capacity);
                     }
                     failures += 1;
                     tracing::debug!(why, failures, "pool connection failed");
@@ -362,11 +380,12 @@ async fn fill(
             },
             () = pool.left.notified(), if forward => {}
             () = pool.starved.notified(), if forward => { starved_recently = true; grow(&mut capacity); }
-            () = waiting.used.notified(), if !forward => {}
+            () = waiting.gone.notified(), if !forward => {}
             () = peer_starved.notified() => { starved_recently = true; grow(&mut capacity); }
             _ = decay.tick() => {
                 if !starved_recently && capacity > min {
                     capacity = (capacity - capacity / 4).max(min);
+                    publish(capacity);
                 }
                 starved_recently = false;
             }

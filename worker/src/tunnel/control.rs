@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::link::Link;
+use super::pool::IdlePool;
 use super::wire::Control;
 use crate::stats::Stats;
 
@@ -30,6 +31,10 @@ pub struct Hooks {
     pub send_starved: Option<Arc<Notify>>,
     /// Notified when the peer says it starved (client side).
     pub on_starved: Option<Arc<Notify>>,
+    /// The pool capacity to tell the peer whenever it changes (client side).
+    pub send_capacity: Option<watch::Receiver<u64>>,
+    /// The pool to trim to the capacity the peer tells (server, reverse flow).
+    pub on_capacity: Option<Arc<IdlePool>>,
 }
 
 /// Runs the control link until it fails, goes silent, or `token` is cancelled.
@@ -61,6 +66,11 @@ pub async fn run(link: Link, stats: &Stats, hooks: Hooks, token: &CancellationTo
                         n.notify_one();
                     }
                 }
+                Ok(Control::Capacity(n)) => {
+                    if let Some(pool) = &hooks.on_capacity {
+                        pool.set_target(usize::try_from(n).unwrap_or(usize::MAX));
+                    }
+                }
                 Err(e) => return format!("peer sent a bad control frame: {e}"),
             }
         }
@@ -69,11 +79,13 @@ pub async fn run(link: Link, stats: &Stats, hooks: Hooks, token: &CancellationTo
         let mut tick = tokio::time::interval(PING_INTERVAL);
         let never = Notify::new();
         let starved = hooks.send_starved.as_deref().unwrap_or(&never);
+        let mut capacity = hooks.send_capacity.clone();
         loop {
             let msg = tokio::select! {
                 _ = tick.tick() => Control::Ping(now_us()),
                 Some(m) = rx.recv() => m,
                 () = starved.notified() => Control::Starved(1),
+                Some(n) = changed(&mut capacity) => Control::Capacity(n),
             };
             if let Err(e) = w.write_all(&msg.encode()).await {
                 return format!("control connection lost: {e}");
@@ -88,4 +100,15 @@ pub async fn run(link: Link, stats: &Stats, hooks: Hooks, token: &CancellationTo
         why = writer => why,
         () = token.cancelled() => "stopped".to_string(),
     }
+}
+
+/// The next value of `rx`; never resolves when there is none (or the sender
+/// is gone), so a `select!` branch on it simply stays quiet.
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    if let Some(r) = rx
+        && r.changed().await.is_ok()
+    {
+        return Some(*r.borrow_and_update());
+    }
+    std::future::pending().await
 }

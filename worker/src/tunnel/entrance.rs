@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::exit;
+use super::framed;
 use super::link::Link;
-use super::pool::IdlePool;
+use super::pool::{IdlePool, Lease};
 use super::relay::{self, Counters};
 use super::spill::Spill;
 use super::wire::{Header, HeaderKind};
@@ -33,20 +34,20 @@ pub enum Opener {
 impl Opener {
     /// Takes a pool link and starts a session of `kind` on it.
     pub async fn tunnel_link(
-        pool: &IdlePool,
+        pool: &Arc<IdlePool>,
         kind: HeaderKind,
         session: u32,
         peer: SocketAddr,
-    ) -> Option<Link> {
-        let mut link = pool.take().await?;
+    ) -> Option<Lease> {
+        let mut lease = pool.take().await?;
         let header = Header {
             kind,
             session,
             remote: peer.to_string(),
         }
         .encode();
-        match link.write_all(&header).await {
-            Ok(()) => Some(link),
+        match lease.link().write_all(&header).await {
+            Ok(()) => Some(lease),
             Err(e) => {
                 tracing::debug!(cause = %e, "pool link broke at the session header");
                 None
@@ -146,25 +147,36 @@ pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ope
     }
     let _session = ctx.stats.session(Proto::Tcp);
     let seq = ctx.next_seq();
-    let remote = match &opener {
+    let (rx, tx) = ctx.stats.traffic(Proto::Tcp);
+    let counters = Counters { rx, tx };
+    let res = match &opener {
         Opener::Direct => match exit::connect_target(&ctx, peer).await {
-            Ok(t) => Link::Plain(t),
+            Ok(target) => {
+                tracing::debug!(%peer, session = seq, "session open");
+                relay::relay(user, Link::Plain(target), counters, &ctx.relay).await
+            }
             Err(e) => {
                 tracing::warn!(%peer, session = seq, cause = %e, "target unreachable; connection closed");
                 return;
             }
         },
         Opener::Tunnel(pool) => match Opener::tunnel_link(pool, HeaderKind::Tcp, seq, peer).await {
-            Some(link) => link,
+            Some(mut lease) => {
+                tracing::debug!(%peer, session = seq, "session open");
+                let mut after = Vec::new();
+                let res = framed::relay(user, lease.link(), &mut after, counters, &ctx.relay).await;
+                // The exit sends nothing after its end of a session.
+                if matches!(res, Ok(true)) && after.is_empty() {
+                    lease.give_back();
+                }
+                res.map(|_| ())
+            }
             None => {
                 tracing::warn!(%peer, session = seq, "no tunnel connection available within 5 s; connection closed");
                 return;
             }
         },
     };
-    tracing::debug!(%peer, session = seq, "session open");
-    let (rx, tx) = ctx.stats.traffic(Proto::Tcp);
-    let res = relay::relay(user, remote, Counters { rx, tx }, &ctx.relay).await;
     match res {
         Ok(()) => tracing::debug!(%peer, session = seq, "session closed"),
         Err(e) => tracing::debug!(%peer, session = seq, cause = %e, "session ended"),

@@ -11,17 +11,22 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::framed::{self, Prefixed};
 use super::link::Link;
-use super::relay::{self, Counters};
+use super::relay::Counters;
 use super::wire::{Header, HeaderKind};
 use super::{Ctx, TunnelError, proxy_header, udp};
 use crate::stats::Proto;
 
-/// Pool links waiting at the exit for a session (the client refills on `used`).
+/// Pool links at the exit (the client refills on `gone`).
 #[derive(Default)]
 pub struct Waiting {
+    /// Links waiting for a session header.
     pub count: AtomicU64,
-    pub used: Notify,
+    /// Links waiting or carrying a session that may hand them back.
+    pub held: AtomicU64,
+    /// Woken when a link is gone for good.
+    pub gone: Notify,
 }
 
 /// Dials a target for a user at `user` and sends the PROXY header if asked.
@@ -48,58 +53,86 @@ pub async fn connect_target(ctx: &Ctx, user: SocketAddr) -> Result<TcpStream, Tu
     Ok(target)
 }
 
-/// Serves one authenticated pool link at the exit.
+/// Serves one authenticated pool link at the exit: one session after
+/// another, while each ends cleanly (see `framed`).
 pub async fn serve_link(
     mut link: Link,
     ctx: Arc<Ctx>,
     waiting: Arc<Waiting>,
     session: CancellationToken,
 ) {
-    waiting.count.fetch_add(1, Relaxed);
-    ctx.stats.pool.store(waiting.count.load(Relaxed), Relaxed);
-    let header = tokio::select! {
-        h = Header::read(&mut link) => h,
-        () = session.cancelled() => Err(std::io::Error::other("session over")),
-    };
-    waiting.count.fetch_sub(1, Relaxed);
-    ctx.stats.pool.store(waiting.count.load(Relaxed), Relaxed);
-    waiting.used.notify_one();
-    let header = match header {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::debug!(cause = %e, "idle pool link closed");
-            return;
+    waiting.held.fetch_add(1, Relaxed);
+    // Bytes read past the end of a session: the start of the next one.
+    let mut pending = Vec::new();
+    loop {
+        let idle = waiting.count.fetch_add(1, Relaxed) + 1;
+        ctx.stats.pool.store(idle, Relaxed);
+        let mut reader = Prefixed {
+            pending: &mut pending,
+            inner: &mut link,
+        };
+        let header = tokio::select! {
+            h = Header::read(&mut reader) => h,
+            () = session.cancelled() => Err(std::io::Error::other("session over")),
+        };
+        let idle = waiting.count.fetch_sub(1, Relaxed) - 1;
+        ctx.stats.pool.store(idle, Relaxed);
+        let header = match header {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(cause = %e, "idle pool link closed");
+                break;
+            }
+        };
+        if !serve_session(&mut link, &mut pending, header, &ctx).await {
+            break;
         }
-    };
+    }
+    waiting.held.fetch_sub(1, Relaxed);
+    waiting.gone.notify_one();
+}
+
+/// One session on `link`; whether the link may carry another.
+async fn serve_session(link: &mut Link, pending: &mut Vec<u8>, header: Header, ctx: &Ctx) -> bool {
     let user: SocketAddr = match header.remote.parse() {
         Ok(a) => a,
         Err(_) => {
             tracing::warn!(remote = %header.remote, "session header carries a bad address; closed");
-            return;
+            return false;
         }
     };
     let Some(_slot) = ctx.slots.try_acquire() else {
         tracing::warn!(%user, limit = ctx.spec.params.slot, "slot limit reached; session refused");
-        return;
+        return false;
     };
     match header.kind {
         HeaderKind::Tcp => {
             let _s = ctx.stats.session(Proto::Tcp);
-            let target = match connect_target(&ctx, user).await {
+            let target = match connect_target(ctx, user).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(%user, session = header.session, cause = %e, "target unreachable; session closed");
-                    return;
+                    return false;
                 }
             };
             let (rx, tx) = ctx.stats.traffic(Proto::Tcp);
-            if let Err(e) = relay::relay(target, link, Counters { rx, tx }, &ctx.relay).await {
-                tracing::debug!(%user, session = header.session, cause = %e, "session ended");
+            match framed::relay(target, link, pending, Counters { rx, tx }, &ctx.relay).await {
+                Ok(reusable) => reusable,
+                Err(e) => {
+                    tracing::debug!(%user, session = header.session, cause = %e, "session ended");
+                    false
+                }
             }
         }
         HeaderKind::Udp => {
             let _s = ctx.stats.session(Proto::Udp);
-            udp::exit_session(link, &ctx, user, header.session).await;
+            // Datagrams already read past the header belong to this session.
+            let link = Prefixed {
+                pending,
+                inner: link,
+            };
+            udp::exit_session(link, ctx, user, header.session).await;
+            false
         }
     }
 }

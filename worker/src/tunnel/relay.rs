@@ -29,10 +29,10 @@ use super::link::Link;
 /// Bytes per splice call and pipe capacity.
 const PIPE_SIZE: usize = 1 << 20;
 /// Buffer per direction on the copying path.
-const COPY_BUF: usize = 64 * 1024;
+pub(super) const COPY_BUF: usize = 64 * 1024;
 /// Buffer per direction before a plain relay turns to splice; a read that
 /// fills it marks the direction as bulk.
-const SMALL_BUF: usize = 16 * 1024;
+pub(super) const SMALL_BUF: usize = 16 * 1024;
 
 /// How a relay is limited and what it counts.
 #[derive(Clone)]
@@ -81,26 +81,26 @@ pub async fn relay(
 }
 
 /// Last time a byte moved, for the `read` idle timeout.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_ms
             .store(self.start.elapsed().as_millis() as u64, Relaxed);
     }
 
     /// Resolves once nothing moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    pub(super) async fn idle_for(&self, limit: Duration) {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Relaxed));
             let deadline = last + limit;
@@ -154,7 +154,7 @@ async fn plain_half(
 }
 
 /// Moves `src` → `dst` through `pipe` until EOF, then shuts `dst`'s write side.
-async fn splice_half(
+pub(super) async fn splice_half(
     src: &TcpStream,
     dst: &TcpStream,
     pipe: &Pipe,
@@ -225,13 +225,13 @@ fn shutdown_write(s: &TcpStream) {
 /// (`pipe-user-pages-soft`, 64 MiB), which every worker of a tenant shares.
 /// Idle pipes kept by 200 workers used it up in a soak, and from then on
 /// every new pipe got a single page: splice throughput collapsed.
-struct Pipe {
+pub(super) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl Pipe {
-    fn new() -> io::Result<Self> {
+    pub(super) fn new() -> io::Result<Self> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 fills two fds on success.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {

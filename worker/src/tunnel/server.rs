@@ -330,9 +330,12 @@ impl Server {
         token: CancellationToken,
         peer: SocketAddr,
     ) {
+        let reverse = self.flow == Flow::Reverse;
         let hooks = Hooks {
-            send_starved: (self.flow == Flow::Reverse).then(|| self.pool.starved.clone()),
+            send_starved: reverse.then(|| self.pool.starved.clone()),
             on_starved: None,
+            send_capacity: None,
+            on_capacity: reverse.then(|| self.pool.clone()),
         };
         let why = control::run(link, &self.ctx.stats, hooks, &token).await;
         let mine = {

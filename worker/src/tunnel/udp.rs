@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::entrance::Opener;
-use super::link::Link;
 use super::wire::{HeaderKind, udp_frame};
 use super::{Ctx, TunnelError};
 use crate::stats::Proto;
@@ -134,12 +134,13 @@ async fn entrance_session(
             run_until_idle(up, down, &activity, &ctx.stopping).await;
         }
         Opener::Tunnel(pool) => {
-            let link = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer)
+            let mut lease = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer)
                 .await
                 .ok_or_else(|| {
                     TunnelError::peer("tunnel", "no tunnel connection available within 5 s")
                 })?;
-            let (mut lr, mut lw) = tokio::io::split(link);
+            // A UDP session has no end on the link: the link goes with it.
+            let (mut lr, mut lw) = tokio::io::split(lease.link());
             let up = async {
                 let mut frame = Vec::with_capacity(MAX_DATAGRAM + 2);
                 while let Some(d) = rx.recv().await {
@@ -166,7 +167,12 @@ async fn entrance_session(
 }
 
 /// The exit half of a tunnelled UDP session.
-pub async fn exit_session(link: Link, ctx: &Ctx, user: SocketAddr, seq: u32) {
+pub async fn exit_session(
+    link: impl AsyncRead + AsyncWrite + Unpin,
+    ctx: &Ctx,
+    user: SocketAddr,
+    seq: u32,
+) {
     let (target, addr) = match ctx.dialer.udp().await {
         Ok(t) => t,
         Err(e) => {

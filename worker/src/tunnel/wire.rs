@@ -11,7 +11,9 @@
 //!      session key from (key; sn, cn).
 //!    - pool: session id + proof(session key; sn, binding); server → status.
 //! 4. An idle pool link waits for a [`Header`] written by the entrance side;
-//!    after it the link carries one TCP stream or framed UDP datagrams.
+//!    after it the link carries one TCP stream in frames (`super::framed`),
+//!    after which the link may wait for the next header, or UDP datagrams
+//!    in frames until the link closes.
 //!
 //! Control frames after the handshake are 9 bytes: type + u64.
 //!
@@ -28,7 +30,8 @@ use super::error::TunnelError;
 use super::link::Link;
 
 pub const MAGIC: &[u8; 3] = b"DRV";
-pub const VERSION: u8 = 1;
+/// 2: TCP sessions framed, links reused.
+pub const VERSION: u8 = 2;
 /// Everything up to an authenticated link must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -156,6 +159,9 @@ pub enum Control {
     Pong(u64),
     /// The entrance waited for a pool link: the client should grow the pool.
     Starved(u64),
+    /// Client → server: how many pool links to hold; the entrance closes
+    /// idle ones beyond it.
+    Capacity(u64),
 }
 
 impl Control {
@@ -164,6 +170,7 @@ impl Control {
             Control::Ping(v) => (1, v),
             Control::Pong(v) => (2, v),
             Control::Starved(v) => (3, v),
+            Control::Capacity(v) => (4, v),
         };
         let mut b = [0u8; 9];
         b[0] = t;
@@ -177,6 +184,7 @@ impl Control {
             1 => Control::Ping(v),
             2 => Control::Pong(v),
             3 => Control::Starved(v),
+            4 => Control::Capacity(v),
             x => return Err(invalid(format!("unknown control frame type {x}"))),
         })
     }
@@ -417,6 +425,7 @@ mod tests {
             Control::Ping(1),
             Control::Pong(u64::MAX),
             Control::Starved(3),
+            Control::Capacity(64),
         ] {
             assert_eq!(Control::decode(c.encode()).unwrap(), c);
         }

@@ -1,0 +1,68 @@
+//! Pool links carry one short session after another: many short connections
+//! through a tunnel close almost no pool link, and the counters still equal
+//! the bytes carried.
+
+use drover_e2e::io::send_half_close_read_all;
+use drover_e2e::{EchoServer, Mode, TunnelBuilder, closed_recently, pattern};
+
+/// Short connections made one after another.
+const SESSIONS: usize = 100;
+
+async fn sessions_reuse_links(mode: Mode, server_params: &str) {
+    let echo = EchoServer::start().await;
+    let mut builder = TunnelBuilder::new(mode, &[echo.addr]).client("min=4");
+    if !server_params.is_empty() {
+        builder = builder.server(server_params);
+    }
+    let tunnel = builder.start().await;
+    let port = tunnel.plan.tunnel.expect("a dual-end tunnel").port();
+    let before = closed_recently(port);
+    let mut bytes = 0u64;
+    for i in 0..SESSIONS {
+        // Below the size at which a session turns raw (and spends its link).
+        let data = pattern(1 + i * 97 % 4_000, i as u64);
+        let back = send_half_close_read_all(tunnel.entrance, &data).await;
+        assert!(
+            back == data,
+            "session {i}: the echo differs from what was sent"
+        );
+        bytes += data.len() as u64;
+    }
+    assert_eq!(
+        echo.accepted(),
+        SESSIONS,
+        "one target connection per session"
+    );
+    let closed = closed_recently(port).saturating_sub(before);
+    assert!(
+        closed < 10,
+        "{closed} connections on the tunnel port closed over {SESSIONS} short sessions: pool links are not reused"
+    );
+    for worker in [tunnel.server.as_ref().expect("server"), &tunnel.client] {
+        let stats = worker.stop_and_read_stats().await;
+        assert_eq!(
+            (stats.tcprx, stats.tcptx),
+            (bytes, bytes),
+            "counters after {SESSIONS} sessions\n{}",
+            worker.dump()
+        );
+    }
+}
+
+/// Reverse pair: 100 short sessions, almost no pool link closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_sessions_reuse_links_reverse() {
+    sessions_reuse_links(Mode::Reverse, "").await;
+}
+
+/// Forward pair: the client's own pool takes its links back too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_sessions_reuse_links_forward() {
+    sessions_reuse_links(Mode::Forward, "").await;
+}
+
+/// tls=1: a reused link costs no TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_sessions_reuse_links_tls() {
+    sessions_reuse_links(Mode::Reverse, "tls=1").await;
+}
