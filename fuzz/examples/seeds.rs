@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use drover_fuzz::{Segment, Segments};
+use drover_worker::tunnel::framed::{EOF, MAX_FRAME, RAW};
 use drover_worker::tunnel::proxy_header;
 use drover_worker::tunnel::wire::{
     self, Control, Flow, Header, HeaderKind, KIND_CONTROL, KIND_POOL, MAGIC, SessionConfig, VERSION,
@@ -25,10 +26,11 @@ const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 fn main() {
     let root = std::env::args().nth(1).expect("usage: seeds <corpus dir>");
     let root = Path::new(&root);
-    let targets: [(&str, Vec<Vec<u8>>); 7] = [
+    let targets: [(&str, Vec<Vec<u8>>); 8] = [
         ("url", url()),
         ("wire_handshake", wire_handshake()),
         ("udp_frame", udp_frame()),
+        ("tunnel_frames", tunnel_frames()),
         ("control_frame", control_frame()),
         ("control_fds", control_fds()),
         ("proxy_header", proxy()),
@@ -104,6 +106,7 @@ fn wire_handshake() -> Vec<Vec<u8>> {
         Control::Ping(1).encode(),
         Control::Pong(u64::MAX).encode(),
         Control::Starved(3).encode(),
+        Control::Capacity(64).encode(),
     ]
     .concat();
     vec![
@@ -113,6 +116,26 @@ fn wire_handshake() -> Vec<Vec<u8>> {
         header(HeaderKind::Tcp, 42, "127.0.0.1:5000"),
         cfg.encode().to_vec(),
         controls,
+    ]
+}
+
+fn tunnel_frames() -> Vec<Vec<u8>> {
+    let frame = |data: &[u8]| [&(data.len() as u32).to_be_bytes()[..], data].concat();
+    let tag = |t: u32| t.to_be_bytes().to_vec();
+    vec![
+        // Two frames, the end, and the next session's header kept.
+        [
+            frame(b"hello"),
+            frame(b" world"),
+            tag(EOF),
+            header(HeaderKind::Tcp, 7, "[::1]:9"),
+        ]
+        .concat(),
+        // A frame, then raw to the end.
+        [frame(b"abc"), tag(RAW), b"raw bytes".to_vec()].concat(),
+        // Cut short in a frame; a frame over the limit.
+        [tag(10), b"short".to_vec()].concat(),
+        tag(MAX_FRAME + 1),
     ]
 }
 

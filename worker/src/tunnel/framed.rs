@@ -93,6 +93,63 @@ pub async fn relay(
     }
 }
 
+/// The receiving half alone, over any streams (no splice): what the link
+/// delivers for one session. `Ok(true)` when it ended with [`EOF`] (and
+/// `pending` then holds what followed), `Ok(false)` after [`RAW`]. For the
+/// fuzz target.
+pub async fn receive_any(
+    src: impl AsyncRead + Unpin,
+    dst: impl AsyncWrite + Unpin,
+    pending: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let count = AtomicU64::new(0);
+    let end = receive(
+        NoSplice(src),
+        NoSplice(dst),
+        pending,
+        &count,
+        None,
+        &Activity::new(),
+    )
+    .await?;
+    Ok(end == End::Framed)
+}
+
+/// A stream with no socket under it.
+struct NoSplice<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for NoSplice<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NoSplice<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<T> Socket for NoSplice<T> {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 /// The socket under a half, where `splice` can reach it.
 trait Socket {
     fn socket(&self) -> Option<&TcpStream>;
@@ -191,7 +248,14 @@ where
 {
     // Zeroed once: a TLS reader zeroes whatever part of a buffer is not yet
     // initialised on every read, which for spare `Vec` capacity is all of it.
-    let mut buf = vec![0u8; relay::COPY_BUF.max(pending.len())];
+    // On a plain link bulk turns raw, so frames are small (and any frame may
+    // be delivered in pieces).
+    let size = if src.socket().is_some() {
+        relay::SMALL_BUF
+    } else {
+        relay::COPY_BUF
+    };
+    let mut buf = vec![0u8; size.max(pending.len())];
     buf[..pending.len()].copy_from_slice(pending);
     let (mut pos, mut end) = (0, pending.len());
     pending.clear();

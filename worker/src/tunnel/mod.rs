@@ -16,7 +16,7 @@ mod control;
 mod entrance;
 pub mod error;
 mod exit;
-mod framed;
+pub mod framed;
 pub mod limits;
 pub mod link;
 mod pool;
