@@ -6,11 +6,14 @@
 //!    or pool), key-proof check, then session headers as on a pool link;
 //! 2. the client's view: the server's offer, status, proof and session
 //!    config, as `client_control` reads them;
-//! 3. a session [`Header`], which must re-encode to exactly the bytes read;
+//! 3. a session [`Header`], parsed and read (in link-sized pieces), which
+//!    must agree, re-encode to exactly the header's bytes, and keep what
+//!    was read past it;
 //! 4. a [`SessionConfig`] and 9-byte [`Control`] frames, which must survive
 //!    decode → encode → decode.
 //!
-//! Garbage is an error, never a panic, and nothing reads past what it needs.
+//! Garbage is an error, never a panic, and the handshake readers read
+//! nothing past what they need.
 #![no_main]
 
 use drover_fuzz::ready;
@@ -45,16 +48,31 @@ fn server(data: &[u8]) {
     }
 }
 
-/// Step 3: one header; `None` once the bytes no longer make one.
+/// Step 3: one header, parsed and read; `None` once the bytes no longer
+/// make one.
 fn session_header(rest: &mut &[u8]) -> Option<Header> {
     let before = *rest;
-    let header = ready(Header::read(rest)).ok()?;
-    let used = before.len() - rest.len();
+    let parsed = Header::parse(before);
+    // Read in pieces of at most 4 KiB, as from a link, then what is left.
+    let mut buf = Vec::new();
+    let read = ready(Header::read(rest, &mut buf));
+    let (header, used) = match (parsed, read) {
+        (Ok(Some((header, used))), Ok(read)) => {
+            assert_eq!(read, header, "read and parse disagree");
+            (header, used)
+        }
+        (Ok(None), Err(_)) | (Err(_), Err(_)) => return None,
+        (parsed, read) => panic!("parse gave {parsed:?}, read gave {read:?}"),
+    };
     assert_eq!(
         header.encode(),
         &before[..used],
         "{header:?} does not re-encode to the bytes it came from"
     );
+    // What was read past the header is kept, in order.
+    let consumed = before.len() - rest.len();
+    assert_eq!(&before[used..consumed], &buf[..]);
+    *rest = &before[used..];
     Some(header)
 }
 

@@ -4,10 +4,13 @@
 //! relayed.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use nix::sys::socket::MsgFlags;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -32,21 +35,28 @@ pub enum Opener {
 }
 
 impl Opener {
-    /// Takes a pool link and starts a session of `kind` on it.
+    /// Takes a pool link and starts a session of `kind` on it; `first`, the
+    /// user's first bytes of a TCP session, goes in the same write as a frame.
     pub async fn tunnel_link(
         pool: &Arc<IdlePool>,
         kind: HeaderKind,
         session: u32,
         peer: SocketAddr,
+        first: &[u8],
     ) -> Option<Lease> {
         let mut lease = pool.take().await?;
-        let header = Header {
+        let mut out = Header {
             kind,
             session,
             remote: peer.to_string(),
         }
         .encode();
-        match lease.link().write_all(&header).await {
+        if !first.is_empty() {
+            out.extend_from_slice(&(first.len() as u32).to_be_bytes());
+            out.extend_from_slice(first);
+        }
+        let link = lease.link();
+        match async { link.write_all(&out).await.and(link.flush().await) }.await {
             Ok(()) => Some(lease),
             Err(e) => {
                 tracing::debug!(cause = %e, "pool link broke at the session header");
@@ -160,25 +170,42 @@ pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ope
                 return;
             }
         },
-        Opener::Tunnel(pool) => match Opener::tunnel_link(pool, HeaderKind::Tcp, seq, peer).await {
-            Some(mut lease) => {
-                tracing::debug!(%peer, session = seq, "session open");
-                let mut after = Vec::new();
-                let res = framed::relay(user, lease.link(), &mut after, counters, &ctx.relay).await;
-                // The exit sends nothing after its end of a session.
-                if matches!(res, Ok(true)) && after.is_empty() {
-                    lease.give_back();
-                }
-                res.map(|_| ())
-            }
-            None => {
+        Opener::Tunnel(pool) => {
+            // Rate-limited bytes all go through the relay's limiter.
+            let first = match ctx.relay.rate {
+                None => early_bytes(&user),
+                Some(_) => Vec::new(),
+            };
+            let Some(mut lease) =
+                Opener::tunnel_link(pool, HeaderKind::Tcp, seq, peer, &first).await
+            else {
                 tracing::warn!(%peer, session = seq, "no tunnel connection available within 5 s; connection closed");
                 return;
+            };
+            counters.rx.fetch_add(first.len() as u64, Relaxed);
+            tracing::debug!(%peer, session = seq, "session open");
+            let mut after = Vec::new();
+            let res = framed::relay(user, lease.link(), &mut after, counters, &ctx.relay).await;
+            // The exit sends nothing after its end of a session.
+            if matches!(res, Ok(true)) && after.is_empty() {
+                lease.give_back();
             }
-        },
+            res.map(|_| ())
+        }
     };
     match res {
         Ok(()) => tracing::debug!(%peer, session = seq, "session closed"),
         Err(e) => tracing::debug!(%peer, session = seq, cause = %e, "session ended"),
+    }
+}
+
+/// What a user who speaks first has sent already, without waiting: it goes
+/// out with the session header, so the exit gets both in one read.
+fn early_bytes(user: &TcpStream) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    match nix::sys::socket::recv(user.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => buf[..n].to_vec(),
+        // Nothing yet (or an error, which the relay's first read meets).
+        Err(_) => Vec::new(),
     }
 }

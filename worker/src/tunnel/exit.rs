@@ -67,12 +67,8 @@ pub async fn serve_link(
     loop {
         let idle = waiting.count.fetch_add(1, Relaxed) + 1;
         ctx.stats.pool.store(idle, Relaxed);
-        let mut reader = Prefixed {
-            pending: &mut pending,
-            inner: &mut link,
-        };
         let header = tokio::select! {
-            h = Header::read(&mut reader) => h,
+            h = Header::read(&mut link, &mut pending) => h,
             () = session.cancelled() => Err(std::io::Error::other("session over")),
         };
         let idle = waiting.count.fetch_sub(1, Relaxed) - 1;

@@ -134,7 +134,7 @@ async fn entrance_session(
             run_until_idle(up, down, &activity, &ctx.stopping).await;
         }
         Opener::Tunnel(pool) => {
-            let mut lease = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer)
+            let mut lease = Opener::tunnel_link(pool, HeaderKind::Udp, seq, peer, &[])
                 .await
                 .ok_or_else(|| {
                     TunnelError::peer("tunnel", "no tunnel connection available within 5 s")

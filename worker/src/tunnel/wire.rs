@@ -127,24 +127,47 @@ impl Header {
         b
     }
 
-    /// Reads one header; exact reads only, so nothing after it is consumed.
-    pub async fn read(link: &mut (impl AsyncRead + Unpin)) -> io::Result<Self> {
-        let mut fixed = [0u8; 6];
-        link.read_exact(&mut fixed).await?;
+    /// Parses a header at the start of `buf`: the header and the bytes it
+    /// took, `None` while `buf` holds only part of one.
+    pub fn parse(buf: &[u8]) -> io::Result<Option<(Self, usize)>> {
+        let Some(fixed) = buf.first_chunk::<6>() else {
+            return Ok(None);
+        };
         let kind = match fixed[0] {
             1 => HeaderKind::Tcp,
             2 => HeaderKind::Udp,
             x => return Err(invalid(format!("unknown session kind {x}"))),
         };
-        let mut remote = vec![0u8; usize::from(fixed[5])];
-        link.read_exact(&mut remote).await?;
-        let remote =
-            String::from_utf8(remote).map_err(|_| invalid("remote address is not UTF-8".into()))?;
-        Ok(Self {
+        let len = 6 + usize::from(fixed[5]);
+        let Some(remote) = buf.get(6..len) else {
+            return Ok(None);
+        };
+        let remote = String::from_utf8(remote.to_vec())
+            .map_err(|_| invalid("remote address is not UTF-8".into()))?;
+        let header = Self {
             kind,
             session: u32::from_be_bytes([fixed[1], fixed[2], fixed[3], fixed[4]]),
             remote,
-        })
+        };
+        Ok(Some((header, len)))
+    }
+
+    /// Reads one header from `link` into `buf` (which may already hold part
+    /// of it) and takes it out; what was read past it stays in `buf`.
+    pub async fn read(link: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> io::Result<Self> {
+        loop {
+            if let Some((header, used)) = Self::parse(buf)? {
+                buf.drain(..used);
+                return Ok(header);
+            }
+            // Small, and zeroed once: a TLS reader zeroes what it is given.
+            let mut chunk = [0u8; 4096];
+            let n = link.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
     }
 }
 
@@ -417,6 +440,31 @@ pub mod udp_frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header read takes exactly the header out of what it read, whether
+    /// it starts in `buf` or on the link, and keeps the rest for the session.
+    #[tokio::test]
+    async fn header_read_keeps_what_follows() {
+        let header = Header {
+            kind: HeaderKind::Tcp,
+            session: 9,
+            remote: "[::1]:4000".into(),
+        };
+        let wire = [header.encode(), b"\0\0\0\x03abc".to_vec()].concat();
+        for split in [0, 3, 6, wire.len()] {
+            let mut buf = wire[..split].to_vec();
+            let mut link = &wire[split..];
+            assert_eq!(Header::read(&mut link, &mut buf).await.unwrap(), header);
+            assert_eq!(buf, b"\0\0\0\x03abc", "split at {split}");
+        }
+        assert!(Header::parse(&wire[..5]).unwrap().is_none(), "partial");
+        assert!(Header::parse(&[7, 0, 0, 0, 0, 0]).is_err(), "unknown kind");
+        let mut short = &wire[..8];
+        assert!(
+            Header::read(&mut short, &mut Vec::new()).await.is_err(),
+            "cut short"
+        );
+    }
 
     /// Control frames and headers decode to what was encoded; junk is an error.
     #[test]
