@@ -53,7 +53,7 @@ fn server(data: &[u8]) {
 fn session_header(rest: &mut &[u8]) -> Option<Header> {
     let before = *rest;
     let parsed = Header::parse(before);
-    // Read in pieces of at most 4 KiB, as from a link, then what is left.
+    // Read in link-sized pieces, then what is left.
     let mut buf = Vec::new();
     let read = ready(Header::read(rest, &mut buf));
     let (header, used) = match (parsed, read) {

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::exit;
 use super::framed;
-use super::link::Link;
 use super::pool::{IdlePool, Lease};
 use super::relay::{self, Counters};
 use super::spill::Spill;
@@ -163,7 +162,7 @@ pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ope
         Opener::Direct => match exit::connect_target(&ctx, peer).await {
             Ok(target) => {
                 tracing::debug!(%peer, session = seq, "session open");
-                relay::relay(user, Link::Plain(target), counters, &ctx.relay).await
+                relay::relay(user, target, counters, &ctx.relay).await
             }
             Err(e) => {
                 tracing::warn!(%peer, session = seq, cause = %e, "target unreachable; connection closed");

@@ -43,14 +43,6 @@ impl Link {
         n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
-    /// The plain socket when there is no TLS layer (the splice fast path).
-    pub fn into_plain(self) -> Result<TcpStream, Link> {
-        match self {
-            Link::Plain(s) => Ok(s),
-            other => Err(other),
-        }
-    }
-
     /// TLS keying material bound to this connection (empty when plain), so
     /// the key proof cannot be relayed through a TLS man-in-the-middle.
     pub fn channel_binding(&self) -> Vec<u8> {

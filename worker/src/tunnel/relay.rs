@@ -1,12 +1,13 @@
-//! Moving bytes between a local socket (user or target) and the other side.
+//! Moving bytes between a user and a target on a single-end entrance (the
+//! tunnel's pool links are relayed by `framed`).
 //!
-//! 1. Both ends plain TCP and no `rate`: each direction starts by copying
-//!    through a small buffer and switches to `splice(2)` through a pipe once
-//!    a read fills that buffer (a bulk transfer). Short request/response
-//!    traffic never makes a pipe: that saves 8 syscalls per connection and
-//!    keeps the tenant's pipe budget for the transfers that use it.
-//! 2. Otherwise (TLS, rate limit): one 64 KiB buffer per direction, allocated
-//!    once per session.
+//! 1. No `rate`: each direction starts by copying through a small buffer and
+//!    switches to `splice(2)` through a pipe once a read fills that buffer (a
+//!    bulk transfer). Short request/response traffic never makes a pipe:
+//!    that saves 8 syscalls per connection and keeps the tenant's pipe
+//!    budget for the transfers that use it.
+//! 2. With `rate`: one 64 KiB buffer per direction, allocated once per
+//!    session.
 //!
 //! Either way an EOF in one direction becomes a write shutdown on the other
 //! socket (half-close preserved end to end), the session ends when both
@@ -24,7 +25,6 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::limits::RateLimiter;
-use super::link::Link;
 
 /// Bytes per splice call and pipe capacity.
 const PIPE_SIZE: usize = 1 << 20;
@@ -51,22 +51,16 @@ pub struct Counters<'a> {
 
 /// Relays until both directions end (or the idle timeout fires).
 pub async fn relay(
-    local: TcpStream,
-    remote: Link,
+    mut local: TcpStream,
+    mut remote: TcpStream,
     counters: Counters<'_>,
     opts: &RelayOpts,
 ) -> io::Result<()> {
     let activity = Activity::new();
     let work = async {
-        match (remote.into_plain(), &opts.rate) {
-            (Ok(mut remote), None) => {
-                let mut local = local;
-                plain_both(&mut local, &mut remote, &counters, &activity).await
-            }
-            (Ok(remote), Some(_)) => {
-                copy_both(local, Link::Plain(remote), &counters, opts, &activity).await
-            }
-            (Err(remote), _) => copy_both(local, remote, &counters, opts, &activity).await,
+        match &opts.rate {
+            None => plain_both(&mut local, &mut remote, &counters, &activity).await,
+            Some(_) => copy_both(local, remote, &counters, opts, &activity).await,
         }
     };
     if opts.read_timeout.is_zero() {
@@ -260,13 +254,13 @@ impl Pipe {
 
 async fn copy_both(
     local: TcpStream,
-    remote: Link,
+    remote: TcpStream,
     c: &Counters<'_>,
     opts: &RelayOpts,
     act: &Activity,
 ) -> io::Result<()> {
     let (mut lr, mut lw) = local.into_split();
-    let (mut rr, mut rw) = tokio::io::split(remote);
+    let (mut rr, mut rw) = remote.into_split();
     let (rx_rate, tx_rate) = match &opts.rate {
         Some((rx, tx)) => (Some(&**rx), Some(&**tx)),
         None => (None, None),
@@ -328,12 +322,7 @@ mod tests {
             read_timeout: Duration::ZERO,
             rate: rate.then(|| (RateLimiter::new(1000), RateLimiter::new(1000))),
         };
-        let relay = relay(
-            u_in,
-            Link::Plain(t_out),
-            Counters { rx: &rx, tx: &tx },
-            &opts,
-        );
+        let relay = relay(u_in, t_out, Counters { rx: &rx, tx: &tx }, &opts);
         let peers = async {
             let payload = vec![7u8; 300_000];
             user.write_all(&payload).await.unwrap();
@@ -369,12 +358,7 @@ mod tests {
             read_timeout: Duration::ZERO,
             rate: None,
         };
-        let relay = relay(
-            u_in,
-            Link::Plain(t_out),
-            Counters { rx: &rx, tx: &tx },
-            &opts,
-        );
+        let relay = relay(u_in, t_out, Counters { rx: &rx, tx: &tx }, &opts);
         let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let peers = async {
             for round in 0..3u8 {
@@ -414,14 +398,9 @@ mod tests {
             read_timeout: Duration::from_millis(100),
             rate: None,
         };
-        let err = relay(
-            u_in,
-            Link::Plain(t_out),
-            Counters { rx: &rx, tx: &tx },
-            &opts,
-        )
-        .await
-        .unwrap_err();
+        let err = relay(u_in, t_out, Counters { rx: &rx, tx: &tx }, &opts)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
