@@ -4,14 +4,13 @@
 //! relayed.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use nix::sys::socket::MsgFlags;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +141,7 @@ pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
     });
 }
 
-pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
+pub(super) async fn handle(mut user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
     let Some(_slot) = ctx.slots.try_acquire() else {
         tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");
         return;
@@ -172,7 +171,7 @@ pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ope
         Opener::Tunnel(pool) => {
             // Rate-limited bytes all go through the relay's limiter.
             let first = match ctx.relay.rate {
-                None => early_bytes(&user),
+                None => early_bytes(&mut user),
                 Some(_) => Vec::new(),
             };
             let Some(mut lease) =
@@ -199,12 +198,16 @@ pub(super) async fn handle(user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, ope
 }
 
 /// What a user who speaks first has sent already, without waiting: it goes
-/// out with the session header, so the exit gets both in one read.
-fn early_bytes(user: &TcpStream) -> Vec<u8> {
+/// out with the session header, so the exit gets both in one read. Read
+/// through tokio, so a short read clears the socket's readiness and the
+/// relay's first read waits for more instead of finding nothing.
+fn early_bytes(user: &mut TcpStream) -> Vec<u8> {
     let mut buf = [0u8; 4096];
-    match nix::sys::socket::recv(user.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => buf[..n].to_vec(),
+    let mut read = ReadBuf::new(&mut buf);
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(user).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => read.filled().to_vec(),
         // Nothing yet (or an error, which the relay's first read meets).
-        Err(_) => Vec::new(),
+        _ => Vec::new(),
     }
 }
