@@ -1,9 +1,14 @@
 //! Pool links carry one short session after another: many short connections
 //! through a tunnel close almost no pool link, and the counters still equal
-//! the bytes carried.
+//! the bytes carried; after a burst, the idle pool shrinks back.
+
+use std::time::Duration;
 
 use drover_e2e::io::send_half_close_read_all;
-use drover_e2e::{EchoServer, Mode, TunnelBuilder, closed_recently, pattern};
+use drover_e2e::{DEADLINE, EchoServer, Mode, TunnelBuilder, closed_recently, pattern, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
 
 /// Short connections made one after another.
 const SESSIONS: usize = 100;
@@ -65,4 +70,54 @@ async fn short_sessions_reuse_links_forward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_sessions_reuse_links_tls() {
     sessions_reuse_links(Mode::Reverse, "tls=1").await;
+}
+
+/// Users held open at once in the burst of the shrink test.
+const BURST: usize = 16;
+
+/// After a burst the pool has grown; idle again, the client lowers its
+/// capacity (by a quarter every 30 s) and tells the server, which — the
+/// entrance of a reverse pair — closes idle links beyond it. (Links are
+/// reused, so without that nothing would ever make the pool smaller.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pool_shrinks_after_a_burst() {
+    let echo = EchoServer::start().await;
+    let tunnel = TunnelBuilder::new(Mode::Reverse, &[echo.addr])
+        .client("min=2")
+        .start()
+        .await;
+    let server = tunnel.server.as_ref().expect("server");
+    // BURST users at once, each held open until all have been served.
+    let mut users = Vec::new();
+    for i in 0..BURST {
+        let mut user = TcpStream::connect(tunnel.entrance).await.expect("connect");
+        let data = pattern(100, i as u64);
+        user.write_all(&data).await.expect("write");
+        let mut back = vec![0u8; data.len()];
+        timeout(DEADLINE, user.read_exact(&mut back))
+            .await
+            .expect("echo within the deadline")
+            .expect("echo");
+        assert_eq!(back, data, "user {i}");
+        users.push(user);
+    }
+    drop(users);
+    let pool = || server.last_stats().map_or(0, |s| s.pool);
+    wait_until(
+        DEADLINE,
+        "the server's stats show the grown pool idle",
+        || pool() >= BURST as u64 / 2,
+    )
+    .await;
+    let peak = pool();
+    // The first decay after the burst may still see it as recent: two periods.
+    wait_until(Duration::from_secs(75), "the idle pool shrinks", || {
+        pool() < peak
+    })
+    .await;
+    let after = pool();
+    assert!(after >= 2, "not below min=2: {after}\n{}", server.dump());
+    // What is left still serves.
+    let data = pattern(1000, 99);
+    assert_eq!(send_half_close_read_all(tunnel.entrance, &data).await, data);
 }
