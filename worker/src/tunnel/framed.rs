@@ -82,15 +82,7 @@ pub async fn relay(
         };
         Ok(ends == (End::Framed, End::Framed))
     };
-    if opts.read_timeout.is_zero() {
-        return work.await;
-    }
-    tokio::select! {
-        res = work => res,
-        () = activity.idle_for(opts.read_timeout) => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout (read)"))
-        }
-    }
+    relay::until_idle(work, &activity, opts.read_timeout).await
 }
 
 /// The receiving half alone, over any streams (no splice): what the link
@@ -391,16 +383,8 @@ impl<R: AsyncWrite + Unpin> AsyncWrite for Prefixed<'_, R> {
 mod tests {
     use std::time::Duration;
 
-    use tokio::net::TcpListener;
-
+    use super::super::testing::tcp_pair;
     use super::*;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     const OPTS: RelayOpts = RelayOpts {
         read_timeout: Duration::ZERO,
@@ -416,8 +400,8 @@ mod tests {
         up: &[u8],
         reply: &[u8],
     ) -> (bool, bool) {
-        let (mut user, u_in) = pair().await;
-        let (t_out, mut target) = pair().await;
+        let (mut user, u_in) = tcp_pair().await;
+        let (t_out, mut target) = tcp_pair().await;
         let counts = [
             AtomicU64::new(0),
             AtomicU64::new(0),
@@ -472,7 +456,7 @@ mod tests {
     /// Short sessions end with the link idle, and the next one runs on it.
     #[tokio::test]
     async fn short_sessions_share_one_link() {
-        let (a, b) = pair().await;
+        let (a, b) = tcp_pair().await;
         let (mut entrance, mut exit) = (Link::Plain(a), Link::Plain(b));
         for round in 0..3u8 {
             let up = vec![round; 100 + usize::from(round)];
@@ -489,7 +473,7 @@ mod tests {
     /// is spent.
     #[tokio::test]
     async fn bulk_turns_raw_and_spends_the_link() {
-        let (a, b) = pair().await;
+        let (a, b) = tcp_pair().await;
         let (mut entrance, mut exit) = (Link::Plain(a), Link::Plain(b));
         let bulk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let ends = session(&mut entrance, &mut exit, &bulk, b"ok").await;
@@ -499,7 +483,7 @@ mod tests {
     /// Anything short of a bulk read stays framed, in either direction.
     #[tokio::test]
     async fn small_frames_carry_any_length_exactly() {
-        let (a, b) = pair().await;
+        let (a, b) = tcp_pair().await;
         let (mut entrance, mut exit) = (Link::Plain(a), Link::Plain(b));
         // Below the small buffer: framed both ways.
         let up: Vec<u8> = (0..relay::SMALL_BUF as u32 - 1).map(|i| i as u8).collect();
@@ -525,9 +509,9 @@ mod tests {
                 Err(io::ErrorKind::InvalidData),
             ),
         ] {
-            let (mut peer, b) = pair().await;
+            let (mut peer, b) = tcp_pair().await;
             let mut link = Link::Plain(b);
-            let (t_out, mut target) = pair().await;
+            let (t_out, mut target) = tcp_pair().await;
             let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
             let mut after = Vec::new();
             let x = relay(

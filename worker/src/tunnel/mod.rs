@@ -233,3 +233,17 @@ impl Engine {
         res
     }
 }
+
+/// Sockets for the engine's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Both ends of a loopback TCP connection.
+    pub async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+}

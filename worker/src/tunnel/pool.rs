@@ -213,15 +213,15 @@ impl IdlePool {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
+    use super::super::testing::tcp_pair;
     use super::*;
 
     /// A live plain link (its peer is kept so the link stays alive).
     async fn link(peers: &mut Vec<TcpStream>) -> Link {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        peers.push(l.accept().await.unwrap().0);
+        let (c, s) = tcp_pair().await;
+        peers.push(s);
         Link::Plain(c)
     }
 

@@ -63,12 +63,22 @@ pub async fn relay(
             Some(_) => copy_both(local, remote, &counters, opts, &activity).await,
         }
     };
-    if opts.read_timeout.is_zero() {
+    until_idle(work, &activity, opts.read_timeout).await
+}
+
+/// Runs `work` unless nothing moves for `limit` (zero: no limit), which is
+/// a `TimedOut` error.
+pub(super) async fn until_idle<T>(
+    work: impl Future<Output = io::Result<T>>,
+    activity: &Activity,
+    limit: Duration,
+) -> io::Result<T> {
+    if limit.is_zero() {
         return work.await;
     }
     tokio::select! {
         res = work => res,
-        () = activity.idle_for(opts.read_timeout) => {
+        () = activity.idle_for(limit) => {
             Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout (read)"))
         }
     }
@@ -303,20 +313,13 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::tcp_pair;
     use super::*;
-    use tokio::net::TcpListener;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
-        (c, s)
-    }
 
     async fn run(rate: bool) {
         // user <-> (u_in | relay | t_out) <-> target
-        let (mut user, u_in) = pair().await;
-        let (t_out, mut target) = pair().await;
+        let (mut user, u_in) = tcp_pair().await;
+        let (t_out, mut target) = tcp_pair().await;
         let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
         let opts = RelayOpts {
             read_timeout: Duration::ZERO,
@@ -351,8 +354,8 @@ mod tests {
     /// splice without losing or reordering a byte.
     #[tokio::test]
     async fn small_then_bulk_keeps_every_byte() {
-        let (mut user, u_in) = pair().await;
-        let (t_out, mut target) = pair().await;
+        let (mut user, u_in) = tcp_pair().await;
+        let (t_out, mut target) = tcp_pair().await;
         let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
         let opts = RelayOpts {
             read_timeout: Duration::ZERO,
@@ -391,8 +394,8 @@ mod tests {
     /// `read` closes a session idle in both directions.
     #[tokio::test]
     async fn idle_timeout_closes() {
-        let (_user, u_in) = pair().await;
-        let (t_out, _target) = pair().await;
+        let (_user, u_in) = tcp_pair().await;
+        let (t_out, _target) = tcp_pair().await;
         let (rx, tx) = (AtomicU64::new(0), AtomicU64::new(0));
         let opts = RelayOpts {
             read_timeout: Duration::from_millis(100),
