@@ -80,7 +80,9 @@ pub async fn serve_link(
                 break;
             }
         };
-        if !serve_session(&mut link, &mut pending, header, &ctx).await {
+        // Boxed: an idle link's task is sized for its largest state, and the
+        // session's (~2.2 KiB) would be paid by every idle link of the pool.
+        if !Box::pin(serve_session(&mut link, &mut pending, header, &ctx)).await {
             break;
         }
     }
