@@ -54,7 +54,11 @@ impl Opener {
             out.extend_from_slice(first);
         }
         let link = lease.link();
-        match async { link.write_all(&out).await.and(link.flush().await) }.await {
+        let sent = async {
+            link.write_all(&out).await?;
+            link.flush().await
+        };
+        match sent.await {
             Ok(()) => Some(lease),
             Err(e) => {
                 tracing::debug!(cause = %e, "pool link broke at the session header");

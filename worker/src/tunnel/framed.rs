@@ -326,17 +326,7 @@ where
     if let (Some(s), Some(d)) = (src.socket(), dst.socket()) {
         return relay::splice_half(s, d, &Pipe::new()?, count, act).await;
     }
-    let mut buf = vec![0u8; relay::COPY_BUF];
-    loop {
-        let n = src.read(&mut buf).await?;
-        if n == 0 {
-            let _ = dst.shutdown().await;
-            return Ok(());
-        }
-        dst.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Relaxed);
-        act.touch();
-    }
+    relay::copy_half(&mut src, &mut dst, count, None, act).await
 }
 
 /// Reads `pending` first, then `inner`: a link between sessions, with the

@@ -282,7 +282,7 @@ async fn copy_both(
     Ok(())
 }
 
-async fn copy_half<R, W>(
+pub(super) async fn copy_half<R, W>(
     r: &mut R,
     w: &mut W,
     count: &AtomicU64,
