@@ -1,5 +1,5 @@
 //! What `/proc` says about a process: alive, argv, environment, parent,
-//! children, and whether a loopback port is free again.
+//! children, anonymous memory, and whether a loopback port is free again.
 //!
 //! A zombie counts as gone: it holds no sockets and runs no code, and an
 //! orphan's zombie may linger when PID 1 does not reap (as in containers).
@@ -21,6 +21,14 @@ pub fn proc_alive(pid: u32) -> bool {
 /// The parent pid of `pid`.
 pub fn proc_ppid(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Resident anonymous memory of `pid` in KiB (`RssAnon`: the heap and
+/// stacks, not the binary's pages).
+pub fn proc_rss_anon_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// argv of `pid`.

@@ -4,6 +4,7 @@
 //! it through the control protocol); [`standalone`] runs it from a URL on
 //! the command line, [`supervised`] under the master (`--instance`).
 
+pub mod heap;
 pub mod logging;
 pub mod spare;
 pub mod standalone;

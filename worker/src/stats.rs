@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use tokio::sync::Notify;
+
 /// Live counters of one tunnel instance.
 ///
 /// Byte counters count the non-tunnel socket of each session (the user's
@@ -24,6 +26,10 @@ pub struct Stats {
     /// Milliseconds since `born` when the last session ended.
     last_active_ms: AtomicU64,
     born: Instant,
+    /// Times memory was let go in bulk (a session ended, pool links
+    /// closed), and the wake-up for whoever gives it back ([`crate::heap`]).
+    frees: AtomicU64,
+    freed: Notify,
 }
 
 impl Default for Stats {
@@ -40,6 +46,8 @@ impl Default for Stats {
             udptx: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             born: Instant::now(),
+            frees: AtomicU64::new(0),
+            freed: Notify::new(),
         }
     }
 }
@@ -85,6 +93,23 @@ impl Stats {
         }
     }
 
+    /// Records that memory was let go in bulk.
+    pub fn note_freed(&self) {
+        self.frees.fetch_add(1, Relaxed);
+        self.freed.notify_one();
+    }
+
+    /// How many times memory was let go so far.
+    pub fn frees(&self) -> u64 {
+        self.frees.load(Relaxed)
+    }
+
+    /// Resolves after the next [`Stats::note_freed`] (or at once if one
+    /// came since the last wait).
+    pub async fn freed(&self) {
+        self.freed.notified().await;
+    }
+
     fn now_ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64
     }
@@ -123,6 +148,7 @@ impl Drop for SessionGuard<'_> {
         self.stats
             .last_active_ms
             .store(self.stats.now_ms(), Relaxed);
+        self.stats.note_freed();
     }
 }
 

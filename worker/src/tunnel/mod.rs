@@ -211,10 +211,12 @@ impl Engine {
             adopted: std::sync::Mutex::new(Some(self.adopt.1)),
             seq: AtomicU32::new(1),
         });
+        let trimmer = tokio::spawn(crate::heap::trim_when_quiet(ctx.stats.clone()));
         let res = match ctx.spec.role {
             Role::Server => server::run(ctx.clone(), stop.clone()).await,
             Role::Client => client::run(ctx.clone(), stop.clone()).await,
         };
+        trimmer.abort();
         // Whatever ended the role, the listeners' tasks go with `stop`.
         stop.cancel();
         ctx.sessions.close();

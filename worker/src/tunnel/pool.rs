@@ -151,6 +151,8 @@ impl IdlePool {
         };
         if !closed.is_empty() {
             tracing::debug!(closed = closed.len(), target, "pool trimmed");
+            drop(closed);
+            self.stats.note_freed();
         }
     }
 
