@@ -329,21 +329,12 @@ async fn fill(
             let (ctx, tls, session) = (ctx.clone(), tls.clone(), session.clone());
             dials.spawn(async move { dial_pool(&ctx, &tls, &session).await });
         }
-        // On starvation the pool doubles, but only up to twice the sessions
-        // open right now: demand, not the number of starved takes, sets its
-        // size. Doubling on every starved take ran a pool to `max` (1,024
-        // TLS links, 30 MB) in a 3-s burst of 8 concurrent users. `max`
-        // bounds the idle links (the server refuses more), so the links held
-        // may reach it plus those carrying sessions.
         let grow = |capacity: &mut usize| {
             let open = ctx.stats.tcps.load(Relaxed) + ctx.stats.udps.load(Relaxed);
             let open = usize::try_from(open).unwrap_or(usize::MAX);
-            let new = (*capacity * 2)
-                .min(open.saturating_mul(2))
-                .min(max.saturating_add(open))
-                .max(*capacity);
+            let new = grown(*capacity, held, open, max);
             if new > *capacity {
-                tracing::debug!(capacity = new, open, "pool grows");
+                tracing::debug!(capacity = new, held, open, "pool grows");
                 publish(new);
             }
             *capacity = new;
@@ -393,6 +384,25 @@ async fn fill(
     }
 }
 
+/// The pool's capacity after the entrance starved, with `held` links held
+/// and `open` sessions open.
+///
+/// It doubles, but only up to twice the sessions open: demand, not the
+/// number of starved takes, sets its size (doubling on every starved take ran
+/// a pool to `max`, 1,024 TLS links and 30 MB, in a 3-s burst of 8
+/// concurrent users). `max` bounds the idle links (the server refuses more),
+/// so the links held may reach it plus those carrying sessions. Doubling
+/// starts from the links held when that is more (links lent out when the
+/// capacity decayed close only on their return): from the capacity alone, a
+/// pool holding more "grew" to no more than it held and dialled nothing,
+/// leaving the entrance starved.
+fn grown(capacity: usize, held: usize, open: usize, max: usize) -> usize {
+    (held.max(capacity).saturating_mul(2))
+        .min(open.saturating_mul(2))
+        .min(max.saturating_add(open))
+        .max(capacity)
+}
+
 /// One pool link: connect, preamble, TLS, session proof.
 async fn dial_pool(ctx: &Ctx, tls: &ClientTls, session: &Session) -> Result<Link, (u8, String)> {
     let (mut link, sn) = open_link(ctx, tls)
@@ -412,5 +422,26 @@ async fn dial_pool(ctx: &Ctx, tls: &ClientTls, session: &Session) -> Result<Link
             status,
             format!("server refused the pool connection (status {status})"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grown;
+
+    /// Doubling follows demand and holds, and starts from what is held.
+    #[test]
+    fn pool_growth() {
+        // Doubles, up to twice the open sessions.
+        assert_eq!(grown(2, 2, 2, 1024), 4);
+        assert_eq!(grown(4, 4, 100, 1024), 8);
+        assert_eq!(grown(8, 8, 3, 1024), 8);
+        // Never shrinks here; `max` idle links plus those in sessions.
+        assert_eq!(grown(10, 10, 2, 1024), 10);
+        assert_eq!(grown(600, 600, 1000, 1024), 1200);
+        assert_eq!(grown(1500, 1500, 1500, 1024), 2524);
+        // Four links held (all in sessions) while the capacity says 2: the
+        // fifth user must get a new link, so the capacity exceeds what is held.
+        assert_eq!(grown(2, 4, 4, 1024), 8);
     }
 }

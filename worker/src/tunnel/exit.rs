@@ -55,39 +55,45 @@ pub async fn connect_target(ctx: &Ctx, user: SocketAddr) -> Result<TcpStream, Tu
 
 /// Serves one authenticated pool link at the exit: one session after
 /// another, while each ends cleanly (see `framed`).
-pub async fn serve_link(
+///
+/// The link counts as held from this call on, not from the future's first
+/// poll: the client's pool filler reads `held` right after spawning it, and
+/// counting late made it dial links it already had.
+pub fn serve_link(
     mut link: Link,
     ctx: Arc<Ctx>,
     waiting: Arc<Waiting>,
     session: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     waiting.held.fetch_add(1, Relaxed);
-    // Bytes read past the end of a session: the start of the next one.
-    let mut pending = Vec::new();
-    loop {
-        let idle = waiting.count.fetch_add(1, Relaxed) + 1;
-        ctx.stats.pool.store(idle, Relaxed);
-        let header = tokio::select! {
-            h = Header::read(&mut link, &mut pending) => h,
-            () = session.cancelled() => Err(std::io::Error::other("session over")),
-        };
-        let idle = waiting.count.fetch_sub(1, Relaxed) - 1;
-        ctx.stats.pool.store(idle, Relaxed);
-        let header = match header {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(cause = %e, "idle pool link closed");
+    async move {
+        // Bytes read past the end of a session: the start of the next one.
+        let mut pending = Vec::new();
+        loop {
+            let idle = waiting.count.fetch_add(1, Relaxed) + 1;
+            ctx.stats.pool.store(idle, Relaxed);
+            let header = tokio::select! {
+                h = Header::read(&mut link, &mut pending) => h,
+                () = session.cancelled() => Err(std::io::Error::other("session over")),
+            };
+            let idle = waiting.count.fetch_sub(1, Relaxed) - 1;
+            ctx.stats.pool.store(idle, Relaxed);
+            let header = match header {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "idle pool link closed");
+                    break;
+                }
+            };
+            // Boxed: an idle link's task is sized for its largest state, and the
+            // session's (~2.2 KiB) would be paid by every idle link of the pool.
+            if !Box::pin(serve_session(&mut link, &mut pending, header, &ctx)).await {
                 break;
             }
-        };
-        // Boxed: an idle link's task is sized for its largest state, and the
-        // session's (~2.2 KiB) would be paid by every idle link of the pool.
-        if !Box::pin(serve_session(&mut link, &mut pending, header, &ctx)).await {
-            break;
         }
+        waiting.held.fetch_sub(1, Relaxed);
+        waiting.gone.notify_one();
     }
-    waiting.held.fetch_sub(1, Relaxed);
-    waiting.gone.notify_one();
 }
 
 /// One session on `link`; whether the link may carry another.
