@@ -165,7 +165,7 @@ pub(super) async fn handle(mut user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>,
         Opener::Direct => match exit::connect_target(&ctx, peer).await {
             Ok(target) => {
                 tracing::debug!(%peer, session = seq, "session open");
-                relay::relay(user, target, counters, &ctx.relay).await
+                Box::pin(relay::relay(user, target, counters, &ctx.relay)).await
             }
             Err(e) => {
                 tracing::warn!(%peer, session = seq, cause = %e, "target unreachable; connection closed");
@@ -187,7 +187,14 @@ pub(super) async fn handle(mut user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>,
             counters.rx.fetch_add(first.len() as u64, Relaxed);
             tracing::debug!(%peer, session = seq, "session open");
             let mut after = Vec::new();
-            let res = framed::relay(user, lease.link(), &mut after, counters, &ctx.relay).await;
+            let res = Box::pin(framed::relay(
+                user,
+                lease.link(),
+                &mut after,
+                counters,
+                &ctx.relay,
+            ))
+            .await;
             // The exit sends nothing after its end of a session.
             if matches!(res, Ok(true)) && after.is_empty() {
                 lease.give_back();

@@ -238,17 +238,22 @@ where
     R: AsyncRead + Socket + Unpin,
     W: AsyncWrite + Socket + Unpin,
 {
-    // Zeroed once: a TLS reader zeroes whatever part of a buffer is not yet
-    // initialised on every read, which for spare `Vec` capacity is all of it.
-    // On a plain link bulk turns raw, so frames are small (and any frame may
-    // be delivered in pieces).
-    let size = if src.socket().is_some() {
+    // A plain socket reads into spare capacity as it is. A TLS reader zeroes
+    // whatever part of a buffer is not yet initialised on every read, which
+    // for spare `Vec` capacity is all of it: zeroed once instead. On a plain
+    // link bulk turns raw, so frames are small (and any frame may be
+    // delivered in pieces).
+    let plain = src.socket().is_some();
+    let size = if plain {
         relay::SMALL_BUF
     } else {
         relay::COPY_BUF
     };
-    let mut buf = vec![0u8; size.max(pending.len())];
-    buf[..pending.len()].copy_from_slice(pending);
+    let mut buf = Vec::with_capacity(size.max(pending.len()));
+    buf.extend_from_slice(pending);
+    if !plain {
+        buf.resize(buf.capacity(), 0);
+    }
     let (mut pos, mut end) = (0, pending.len());
     pending.clear();
     // Bytes of the current data frame not yet delivered.
@@ -300,7 +305,12 @@ where
         buf.copy_within(pos..end, 0);
         end -= pos;
         pos = 0;
-        let n = src.read(&mut buf[end..]).await?;
+        let n = if plain {
+            buf.truncate(end);
+            src.read_buf(&mut buf).await?
+        } else {
+            src.read(&mut buf[end..]).await?
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
