@@ -39,16 +39,12 @@ async fn tls_workers_give_a_bursts_memory_back() {
         loaded.iter().zip(&idle).any(|(l, i)| *l > i + 2 * KEEP_KIB),
         "the burst did not grow either worker's heap: idle {idle:?} KiB, after {loaded:?} KiB"
     );
-    for (w, idle) in workers.iter().zip(&idle) {
-        wait_until(
-            DEADLINE,
-            "the worker's heap is back near its idle size",
-            || anon(w.pid()) <= idle + KEEP_KIB,
-        )
-        .await;
+    for (w, (idle, loaded)) in workers.iter().zip(idle.iter().zip(&loaded)) {
+        let what = format!(
+            "worker {} is back within {KEEP_KIB} KiB of its idle {idle} KiB of anonymous memory \
+             (after the burst: {loaded} KiB)",
+            w.pid()
+        );
+        wait_until(DEADLINE, &what, || anon(w.pid()) <= idle + KEEP_KIB).await;
     }
-    eprintln!(
-        "after {:?}",
-        workers.iter().map(|w| anon(w.pid())).collect::<Vec<_>>()
-    );
 }
