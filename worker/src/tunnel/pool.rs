@@ -208,7 +208,10 @@ impl IdlePool {
             self.publish(0);
             s.idle.drain(..).collect()
         };
-        drop(drained);
+        if !drained.is_empty() {
+            drop(drained);
+            self.stats.note_freed();
+        }
         self.left.notify_one();
     }
 }
