@@ -151,7 +151,15 @@ impl IdlePool {
         };
         if !closed.is_empty() {
             tracing::debug!(closed = closed.len(), target, "pool trimmed");
-            drop(closed);
+        }
+        self.close(closed);
+    }
+
+    /// Closes links taken out of the pool (outside its lock) and tells the
+    /// heap trimmer when that let memory go.
+    fn close(&self, links: Vec<Link>) {
+        if !links.is_empty() {
+            drop(links);
             self.stats.note_freed();
         }
     }
@@ -208,10 +216,7 @@ impl IdlePool {
             self.publish(0);
             s.idle.drain(..).collect()
         };
-        if !drained.is_empty() {
-            drop(drained);
-            self.stats.note_freed();
-        }
+        self.close(drained);
         self.left.notify_one();
     }
 }
