@@ -68,6 +68,24 @@ fn tenant_root() -> std::path::PathBuf {
 }
 
 /// Loads the master record or makes one (printing the key once).
+/// How long a starting master waits for the data dir's lock before saying
+/// another master holds it: one just SIGKILLed leaves it held for a moment by
+/// a worker it was forking (the child has the master's fds until its exec,
+/// and joining a cgroup first can take milliseconds).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+async fn open_store(dir: &std::path::Path) -> Result<Store, store::StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match Store::open(dir) {
+            Err(store::StoreError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            res => return res,
+        }
+    }
+}
+
 async fn master_record(store: &Store) -> Result<MasterRecord> {
     if let Some(m) = store.master().context("reading the master record")? {
         tracing::info!(master_id = %m.master_id, "API key loaded from the store");
@@ -140,8 +158,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Store files and anything workers write stay private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = store::data_dir();
-    let store =
-        Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    let store = open_store(&dir)
+        .await
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
     let master = master_record(&store).await?;
     // Ids continue from the clock, so a Last-Event-ID from before a restart
     // falls below the new ring and gets a fresh burst, not unrelated events.
@@ -214,6 +233,18 @@ pub async fn run(cfg: Config) -> Result<()> {
             )];
             all.extend(st.sup.list());
             all
+        }));
+    }
+
+    {
+        let st = state.clone();
+        store.resync_from(Box::new(move || {
+            let (instances, creating) = st.sup.memory();
+            store::Memory {
+                instances,
+                creating,
+                master: st.master.read().expect("master lock").clone(),
+            }
         }));
     }
 

@@ -33,6 +33,9 @@ use std::ops::Bound;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -51,6 +54,12 @@ const TENANT_UIDS_KEY: &str = "tenant_uids";
 const CACHE_CAPACITY: u64 = 64 << 20;
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+/// Below this much free space a failed database is not reopened (nothing
+/// would be written; its reads keep working meanwhile).
+const REOPEN_MIN_FREE: u64 = 1 << 20;
+/// How often, and how far apart, a reopen tries for sled's lock.
+const REOPEN_TRIES: u32 = 50;
+const REOPEN_PAUSE: Duration = Duration::from_millis(20);
 /// Text sled puts in the I/O error when another process holds the lock.
 const SLED_LOCK_TEXT: &str = "could not acquire lock";
 
@@ -109,6 +118,10 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
+    /// The database was dropped after a failed write and is not open again
+    /// yet (the next write tries).
+    #[error("store: the database is closed after a failed write and not yet reopened")]
+    Closed,
     /// A binding was asked for an instance that is not stored.
     #[error("store: no instance {instance}")]
     UnknownInstance { instance: String },
@@ -121,16 +134,31 @@ struct BindingRecord {
     instance: String,
 }
 
-/// Handle on the database; cloning is cheap (sled handles are `Arc`s).
+/// The open database and its trees; replaced whole when the store reopens.
 #[derive(Clone)]
-pub struct Store {
+struct Trees {
     db: sled::Db,
     instances: sled::Tree,
     master: sled::Tree,
     counters: sled::Tree,
     bindings: sled::Tree,
+}
+
+/// Handle on the database; cloning is cheap (every clone shares one state).
+#[derive(Clone)]
+pub struct Store {
+    /// The data dir (sled's files are in `db/` under it), for reopening.
+    dir: PathBuf,
+    /// `None` only between dropping a failed database and opening it again.
+    trees: Arc<RwLock<Option<Trees>>>,
+    /// A write failed inside sled. sled's error state is sticky: from then on
+    /// it refuses every write, also once the cause (a full disk) is gone, so
+    /// the next write reopens the database first.
+    failed: Arc<AtomicBool>,
+    /// What memory holds, written over the disk after a reopen.
+    memory: Arc<OnceLock<MemorySource>>,
     /// Told how long each flush took (metrics), once set.
-    flush_observer: std::sync::Arc<std::sync::OnceLock<FlushObserver>>,
+    flush_observer: Arc<OnceLock<FlushObserver>>,
     /// One mutation and its flush at a time. sled 0.34 guards every tree op
     /// and flush with a process-wide lock that transactions take exclusively;
     /// a flush holds it shared while it waits for log writes queued on sled's
@@ -138,8 +166,21 @@ pub struct Store {
     /// fill that pool with flushes blocked behind a waiting transaction, and
     /// the master deadlocks. Through this gate no transaction ever waits
     /// behind one of our flushes, and flushes never pile up.
-    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    write_gate: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The records the master holds in memory: after a reopen they replace
+/// whatever of the failed writes reached the disk, so a change answered with
+/// an error never shows up later.
+pub struct Memory {
+    pub instances: Vec<InstanceRecord>,
+    /// Ids whose records are being written (a create): kept as stored.
+    pub creating: Vec<String>,
+    pub master: MasterRecord,
+}
+
+/// Produces [`Memory`] on demand.
+pub type MemorySource = Box<dyn Fn() -> Memory + Send + Sync>;
 
 /// Receives the duration of every flush.
 pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
@@ -172,14 +213,9 @@ fn data_dir_from(var: impl Fn(&str) -> Option<OsString>) -> PathBuf {
     PathBuf::from("./drover-data")
 }
 
-impl Store {
-    /// Opens (creating if needed) the store in `dir`.
-    ///
-    /// The dir is made 0700 (also when it already exists with looser bits) and
-    /// sled's files 0600. Files sled creates later (snapshots, blobs) get the
-    /// process umask, but the 0700 directories keep them private regardless.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        secure_dir(dir)?;
+impl Trees {
+    /// Opens sled in `dir`/db, making its files 0600.
+    fn open(dir: &Path) -> Result<Trees, StoreError> {
         let db_dir = dir.join("db");
         let db = sled::Config::new()
             .path(&db_dir)
@@ -205,15 +241,38 @@ impl Store {
                 cause,
             })
         };
-        Ok(Store {
+        Ok(Trees {
             instances: tree("instances")?,
             master: tree("master")?,
             counters: tree("counters")?,
             bindings: tree("bindings")?,
             db,
+        })
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// The dir is made 0700 (also when it already exists with looser bits) and
+    /// sled's files 0600. Files sled creates later (snapshots, blobs) get the
+    /// process umask, but the 0700 directories keep them private regardless.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        secure_dir(dir)?;
+        let trees = Trees::open(dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            trees: Arc::new(RwLock::new(Some(trees))),
+            failed: Default::default(),
+            memory: Default::default(),
             flush_observer: Default::default(),
             write_gate: Default::default(),
         })
+    }
+
+    /// Hands the store what memory holds, to write after a reopen (set once).
+    pub fn resync_from(&self, source: MemorySource) {
+        let _ = self.memory.set(source);
     }
 
     /// Reports every flush's duration to `observer` (set once).
@@ -221,25 +280,130 @@ impl Store {
         let _ = self.flush_observer.set(observer);
     }
 
-    /// Fsyncs everything written so far (also done by every mutation).
+    /// Fsyncs everything written so far (also done by every mutation); the
+    /// health check. After a failed write it reopens the database first.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let _gate = self.write_gate.lock().await;
-        self.flush_gated().await
+        let t = self.writable().await?;
+        let res = self.flush_gated(&t).await;
+        self.noted(res)
     }
 
     /// [`flush`](Self::flush) for a caller that holds the write gate.
-    async fn flush_gated(&self) -> Result<(), StoreError> {
+    async fn flush_gated(&self, t: &Trees) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let res = self
-            .db
-            .flush_async()
-            .await
-            .map(drop)
-            .map_err(|cause| StoreError::Flush { cause });
+        let res =
+            t.db.flush_async()
+                .await
+                .map(drop)
+                .map_err(|cause| StoreError::Flush { cause });
         if let Some(observe) = self.flush_observer.get() {
             observe(started.elapsed());
         }
         res
+    }
+
+    /// The open trees, for a read.
+    fn trees(&self) -> Result<Trees, StoreError> {
+        self.trees
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// The trees for a write (the caller holds the write gate), reopening the
+    /// database first when an earlier write failed inside sled.
+    async fn writable(&self) -> Result<Trees, StoreError> {
+        if self.failed.load(Relaxed) {
+            self.reopen_gated().await?;
+        }
+        self.trees()
+    }
+
+    /// A write's result, noting a failure inside sled (see `failed`).
+    fn noted<T>(&self, res: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Sled { .. } | StoreError::Flush { .. }) = &res {
+            self.failed.store(true, Relaxed);
+        }
+        res
+    }
+
+    /// Drops the failed database, opens it again and writes memory's records
+    /// over it; the caller holds the write gate. While the disk stays nearly
+    /// full it keeps the failed database (reads still work; writes keep
+    /// failing with its error).
+    async fn reopen_gated(&self) -> Result<(), StoreError> {
+        if free_bytes(&self.dir).is_some_and(|free| free < REOPEN_MIN_FREE) {
+            return Ok(());
+        }
+        let old = self
+            .trees
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(old);
+        // sled's IO threads let go of its lock a moment after the last handle.
+        let mut tries = 0;
+        let trees = loop {
+            match Trees::open(&self.dir) {
+                Err(StoreError::Locked { .. }) if tries < REOPEN_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(REOPEN_PAUSE).await;
+                }
+                res => break res?,
+            }
+        };
+        *self.trees.write().unwrap_or_else(PoisonError::into_inner) = Some(trees.clone());
+        self.failed.store(false, Relaxed);
+        if let Some(memory) = self.memory.get() {
+            let res = self.rewrite(&trees, memory()).await;
+            self.noted(res)?;
+        }
+        warn!("store reopened after a failed write; memory's records written over it");
+        Ok(())
+    }
+
+    /// Writes `memory` over the store: every instance record and the master
+    /// record; readable instance records memory does not hold (a create
+    /// answered with an error whose write reached the disk) go, with their
+    /// counters; those being created stay. Unreadable records stay, as
+    /// everywhere.
+    async fn rewrite(&self, t: &Trees, memory: Memory) -> Result<(), StoreError> {
+        let held: std::collections::HashSet<&str> = memory
+            .instances
+            .iter()
+            .map(|r| r.id.as_str())
+            .chain(memory.creating.iter().map(String::as_str))
+            .collect();
+        let mut stale = Vec::new();
+        for item in t.instances.iter() {
+            let (key, bytes) = item.map_err(sled_err("scanning", "instances", ""))?;
+            let known = std::str::from_utf8(&key).is_ok_and(|id| held.contains(id));
+            if !known && decode::<InstanceRecord>(&bytes).is_ok_and(|r| r.id.as_bytes() == &key[..])
+            {
+                stale.push(key.to_vec());
+            }
+        }
+        let mut values = Vec::with_capacity(memory.instances.len());
+        for record in &memory.instances {
+            values.push((record.id.as_str(), encode(record, "instances", &record.id)?));
+        }
+        let master = encode(&memory.master, "master", MASTER_KEY)?;
+        (&t.instances, &t.counters, &t.master)
+            .transaction(|(instances, counters, master_tree)| {
+                for key in &stale {
+                    instances.remove(key.as_slice())?;
+                    counters.remove(key.as_slice())?;
+                }
+                for (id, value) in &values {
+                    instances.insert(id.as_bytes(), value.as_slice())?;
+                }
+                master_tree.insert(MASTER_KEY, master.as_slice())?;
+                Ok(())
+            })
+            .map_err(txn_err("rewriting", "instances", "(all)"))?;
+        self.flush_gated(t).await
     }
 
     // ---- master ----
@@ -249,6 +413,7 @@ impl Store {
     pub fn master(&self) -> Result<Option<MasterRecord>, StoreError> {
         let tree = "master";
         let Some(bytes) = self
+            .trees()?
             .master
             .get(MASTER_KEY)
             .map_err(sled_err("reading", tree, MASTER_KEY))?
@@ -262,18 +427,14 @@ impl Store {
 
     /// Stores the master record (API key, master id, alias) durably.
     pub async fn put_master(&self, record: &MasterRecord) -> Result<(), StoreError> {
-        let _gate = self.write_gate.lock().await;
         let value = encode(record, "master", MASTER_KEY)?;
-        self.master
-            .insert(MASTER_KEY, value)
-            .map_err(sled_err("writing", "master", MASTER_KEY))?;
-        self.flush_gated().await
+        self.put_in_master(MASTER_KEY, value).await
     }
 
     /// Tenant → uid allocations (isolation); empty when none or unreadable.
     pub fn tenant_uids(&self) -> std::collections::BTreeMap<String, u32> {
-        match self.master.get(TENANT_UIDS_KEY) {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        match self.trees().map(|t| t.master.get(TENANT_UIDS_KEY)) {
+            Ok(Ok(Some(bytes))) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::error!(cause = %e, "tenant uid map unreadable; allocating afresh");
                 Default::default()
             }),
@@ -286,12 +447,22 @@ impl Store {
         &self,
         map: &std::collections::BTreeMap<String, u32>,
     ) -> Result<(), StoreError> {
-        let _gate = self.write_gate.lock().await;
         let value = encode(map, "master", TENANT_UIDS_KEY)?;
-        self.master
-            .insert(TENANT_UIDS_KEY, value)
-            .map_err(sled_err("writing", "master", TENANT_UIDS_KEY))?;
-        self.flush_gated().await
+        self.put_in_master(TENANT_UIDS_KEY, value).await
+    }
+
+    /// One value of the `master` tree, durably.
+    async fn put_in_master(&self, key: &'static str, value: Vec<u8>) -> Result<(), StoreError> {
+        let _gate = self.write_gate.lock().await;
+        let t = self.writable().await?;
+        let res = async {
+            t.master
+                .insert(key, value)
+                .map_err(sled_err("writing", "master", key))?;
+            self.flush_gated(&t).await
+        }
+        .await;
+        self.noted(res)
     }
 
     // ---- instances ----
@@ -302,7 +473,11 @@ impl Store {
     pub fn instances(&self) -> (Vec<InstanceRecord>, Vec<String>) {
         let mut records = Vec::new();
         let mut problems = Vec::new();
-        for item in self.instances.iter() {
+        let t = match self.trees() {
+            Ok(t) => t,
+            Err(e) => return (records, vec![format!("instances: {e}")]),
+        };
+        for item in t.instances.iter() {
             let (key, bytes) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -357,18 +532,21 @@ impl Store {
         settle: impl FnOnce(bool, T),
     ) -> Result<bool, StoreError> {
         let _gate = self.write_gate.lock().await;
+        // A reopen writes memory's records: it runs before `latest` changes memory.
+        let t = self.writable().await?;
         let Some((record, totals, token)) = latest() else {
             return Ok(false);
         };
-        let res = self.write_instance(&record, totals).await;
+        let res = self.write_instance(&t, &record, totals).await;
         settle(res.is_ok(), token);
-        res.map(|()| true)
+        self.noted(res).map(|()| true)
     }
 
     /// Writes a record (and its counters, when given) durably; the caller
     /// holds the write gate.
     async fn write_instance(
         &self,
+        t: &Trees,
         record: &InstanceRecord,
         totals: Option<Counters>,
     ) -> Result<(), StoreError> {
@@ -376,13 +554,15 @@ impl Store {
         let value = encode(record, "instances", id)?;
         match totals {
             None => {
-                self.instances
-                    .insert(id.as_bytes(), value)
-                    .map_err(sled_err("writing", "instances", id))?;
+                t.instances.insert(id.as_bytes(), value).map_err(sled_err(
+                    "writing",
+                    "instances",
+                    id,
+                ))?;
             }
             Some(totals) => {
                 let counters = encode_counters(id, totals)?;
-                (&self.instances, &self.counters)
+                (&t.instances, &t.counters)
                     .transaction(|(instances, counters_tree)| {
                         instances.insert(id.as_bytes(), value.as_slice())?;
                         counters_tree.insert(id.as_bytes(), counters.as_slice())?;
@@ -391,33 +571,38 @@ impl Store {
                     .map_err(txn_err("writing", "instances", id))?;
             }
         }
-        self.flush_gated().await
+        self.flush_gated(t).await
     }
 
     /// Removes an instance with its counters and every binding to it, in one
     /// transaction, durably. Returns whether the instance existed.
     pub async fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
         let _gate = self.write_gate.lock().await;
-        let doomed = self.bindings_to(id)?;
-        let existed = (&self.instances, &self.counters, &self.bindings)
-            .transaction(|(instances, counters, bindings)| {
-                let existed = instances.remove(id.as_bytes())?.is_some();
-                counters.remove(id.as_bytes())?;
-                unbind(bindings, &doomed, id)?;
-                Ok(existed)
-            })
-            .map_err(txn_err("deleting", "instances", id))?;
-        // A binding committed between the scan and the transaction survived it;
-        // none can be added now that the instance is gone (put_binding checks),
-        // so one more sweep catches them all.
-        let late = self.bindings_to(id)?;
-        if !late.is_empty() {
-            self.bindings
-                .transaction(|bindings| unbind(bindings, &late, id))
-                .map_err(txn_err("unbinding", "bindings", id))?;
+        let t = self.writable().await?;
+        let res = async {
+            let doomed = bindings_to(&t, id)?;
+            let existed = (&t.instances, &t.counters, &t.bindings)
+                .transaction(|(instances, counters, bindings)| {
+                    let existed = instances.remove(id.as_bytes())?.is_some();
+                    counters.remove(id.as_bytes())?;
+                    unbind(bindings, &doomed, id)?;
+                    Ok(existed)
+                })
+                .map_err(txn_err("deleting", "instances", id))?;
+            // A binding committed between the scan and the transaction survived
+            // it; none can be added now that the instance is gone (put_binding
+            // checks), so one more sweep catches them all.
+            let late = bindings_to(&t, id)?;
+            if !late.is_empty() {
+                t.bindings
+                    .transaction(|bindings| unbind(bindings, &late, id))
+                    .map_err(txn_err("unbinding", "bindings", id))?;
+            }
+            self.flush_gated(&t).await?;
+            Ok(existed)
         }
-        self.flush_gated().await?;
-        Ok(existed)
+        .await;
+        self.noted(res)
     }
 
     // ---- counters ----
@@ -425,7 +610,11 @@ impl Store {
     /// The cumulative counters of an instance; zero when missing, and when
     /// unreadable (logged: the next [`Store::put_counters`] replaces it).
     pub fn counters(&self, id: &str) -> Counters {
-        match self.counters.get(id.as_bytes()) {
+        match self.trees().and_then(|t| {
+            t.counters
+                .get(id.as_bytes())
+                .map_err(sled_err("reading", "counters", id))
+        }) {
             Ok(None) => Counters::default(),
             Ok(Some(bytes)) => match decode::<CounterRecord>(&bytes) {
                 Ok(record) => record.totals,
@@ -458,6 +647,7 @@ impl Store {
         written: impl FnOnce(&[(String, Counters)]),
     ) -> Result<(), StoreError> {
         let _gate = self.write_gate.lock().await;
+        let t = self.writable().await?;
         let batch = latest();
         if batch.is_empty() {
             return Ok(());
@@ -466,17 +656,21 @@ impl Store {
         for (id, totals) in &batch {
             values.push((id.as_str(), encode_counters(id, *totals)?));
         }
-        (&self.instances, &self.counters)
-            .transaction(|(instances, counters)| {
-                for (id, value) in &values {
-                    if instances.get(id.as_bytes())?.is_some() {
-                        counters.insert(id.as_bytes(), value.as_slice())?;
+        let res = async {
+            (&t.instances, &t.counters)
+                .transaction(|(instances, counters)| {
+                    for (id, value) in &values {
+                        if instances.get(id.as_bytes())?.is_some() {
+                            counters.insert(id.as_bytes(), value.as_slice())?;
+                        }
                     }
-                }
-                Ok(())
-            })
-            .map_err(txn_err("writing", "counters", "(batch)"))?;
-        self.flush_gated().await?;
+                    Ok(())
+                })
+                .map_err(txn_err("writing", "counters", "(batch)"))?;
+            self.flush_gated(&t).await
+        }
+        .await;
+        self.noted(res)?;
         written(&batch);
         Ok(())
     }
@@ -486,7 +680,11 @@ impl Store {
     /// The instance a gateway client is bound to; `None` when unbound or the
     /// binding is unreadable (logged).
     pub fn binding(&self, client: &str) -> Option<String> {
-        match self.bindings.get(client.as_bytes()) {
+        match self.trees().and_then(|t| {
+            t.bindings
+                .get(client.as_bytes())
+                .map_err(sled_err("reading", "bindings", client))
+        }) {
             Ok(bytes) => bytes.and_then(|b| binding_target(client, &b)),
             Err(e) => {
                 error!(client = %client.escape_debug(), cause = %e, "failed to read binding");
@@ -506,7 +704,14 @@ impl Store {
         if limit == 0 {
             return page;
         }
-        for item in self.bindings.range::<&[u8], _>((start, Bound::Unbounded)) {
+        let t = match self.trees() {
+            Ok(t) => t,
+            Err(e) => {
+                error!(cause = %e, "failed to list bindings");
+                return page;
+            }
+        };
+        for item in t.bindings.range::<&[u8], _>((start, Bound::Unbounded)) {
             let (key, bytes) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -532,49 +737,73 @@ impl Store {
     /// [`StoreError::UnknownInstance`] if the instance is not stored.
     pub async fn put_binding(&self, client: &str, instance: &str) -> Result<(), StoreError> {
         let _gate = self.write_gate.lock().await;
+        let t = self.writable().await?;
         let record = BindingRecord {
             v: SCHEMA_VERSION,
             instance: instance.to_owned(),
         };
         let value = encode(&record, "bindings", client)?;
-        (&self.instances, &self.bindings)
-            .transaction(|(instances, bindings)| {
-                if instances.get(instance.as_bytes())?.is_none() {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::UnknownInstance {
-                            instance: instance.to_owned(),
-                        },
-                    ));
-                }
-                bindings.insert(client.as_bytes(), value.as_slice())?;
-                Ok(())
-            })
-            .map_err(txn_err("writing", "bindings", client))?;
-        self.flush_gated().await
+        let res = async {
+            (&t.instances, &t.bindings)
+                .transaction(|(instances, bindings)| {
+                    if instances.get(instance.as_bytes())?.is_none() {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::UnknownInstance {
+                                instance: instance.to_owned(),
+                            },
+                        ));
+                    }
+                    bindings.insert(client.as_bytes(), value.as_slice())?;
+                    Ok(())
+                })
+                .map_err(txn_err("writing", "bindings", client))?;
+            self.flush_gated(&t).await
+        }
+        .await;
+        self.noted(res)
     }
 
     /// Removes a client's binding, durably; returns whether it existed.
     pub async fn delete_binding(&self, client: &str) -> Result<bool, StoreError> {
         let _gate = self.write_gate.lock().await;
-        let old = self
-            .bindings
-            .remove(client.as_bytes())
-            .map_err(sled_err("deleting", "bindings", client))?;
-        self.flush_gated().await?;
-        Ok(old.is_some())
-    }
-
-    /// Keys of the bindings that point to `id` (unreadable ones are left alone).
-    fn bindings_to(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut keys = Vec::new();
-        for item in self.bindings.iter() {
-            let (key, bytes) = item.map_err(sled_err("scanning", "bindings", id))?;
-            if points_to(&bytes, id) {
-                keys.push(key.to_vec());
-            }
+        let t = self.writable().await?;
+        let res = async {
+            let old = t
+                .bindings
+                .remove(client.as_bytes())
+                .map_err(sled_err("deleting", "bindings", client))?;
+            self.flush_gated(&t).await?;
+            Ok(old.is_some())
         }
-        Ok(keys)
+        .await;
+        self.noted(res)
     }
+}
+
+#[cfg(test)]
+impl Store {
+    /// The open trees, for tests that write records by hand.
+    fn raw(&self) -> Trees {
+        self.trees().expect("the store is open")
+    }
+}
+
+/// Keys of the bindings that point to `id` (unreadable ones are left alone).
+fn bindings_to(t: &Trees, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut keys = Vec::new();
+    for item in t.bindings.iter() {
+        let (key, bytes) = item.map_err(sled_err("scanning", "bindings", id))?;
+        if points_to(&bytes, id) {
+            keys.push(key.to_vec());
+        }
+    }
+    Ok(keys)
+}
+
+/// Free bytes for an unprivileged writer on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() * st.fragment_size())
 }
 
 /// Why a stored record could not be used.

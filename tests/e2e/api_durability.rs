@@ -290,3 +290,80 @@ async fn full_disk_refuses_a_patch_and_loses_nothing() {
     let after = api.patch_instance(&id, json!({ "alias": "after" })).await;
     assert_eq!(after["alias"], "after");
 }
+
+/// A full disk that is freed again needs no restart: while full, a PATCH and
+/// a create get JSON 500s and `/healthz` 503; once space is freed the store
+/// reopens (sled refuses every write after its first failure, so the master
+/// drops and reopens it), `/healthz` answers 200, and the API shows and
+/// stores exactly what was acknowledged: the refused alias and the refused
+/// instance never appear, also after a SIGKILL and a restart. Needs root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freed_disk_takes_writes_again_without_a_restart() {
+    let dir = tempfile::Builder::new()
+        .prefix("drover-e2e-freed-")
+        .tempdir()
+        .expect("temporary dir");
+    let disk = match Tmpfs::mount(dir.path(), "4m") {
+        Ok(d) => d,
+        Err(e) if !is_root() || e.raw_os_error() == Some(libc::EPERM) => {
+            eprintln!("skipped: cannot mount a tmpfs here ({e})");
+            return;
+        }
+        Err(e) => panic!("mounting a tmpfs as root: {e}"),
+    };
+    let master = Master::start_in(DEFAULT_URL, dir).await;
+    let api = master.api();
+    let url = || format!("client://{}/{}?mode=1", free_addr(), free_addr());
+    let id = id_of(&api.create(json!({ "url": url() })).await);
+    api.patch_instance(&id, json!({ "alias": "acknowledged" }))
+        .await;
+
+    let filler = disk.fill();
+    let tags: serde_json::Map<String, Value> = (0..100)
+        .map(|i| (format!("t{i}"), json!("x".repeat(100))))
+        .collect();
+    let refused = api
+        .patch(
+            &format!("/instances/{id}"),
+            &json!({ "alias": "refused", "meta": { "tags": tags } }),
+        )
+        .await;
+    assert_eq!(refused.status, 500, "{}", refused.text());
+    let refused_create = api
+        .post("/instances", &json!({ "url": url(), "alias": "refused" }))
+        .await;
+    assert_eq!(refused_create.status, 500, "{}", refused_create.text());
+    assert!(refused_create.json()["error"].is_string());
+    assert_eq!(api.get("/healthz").await.status, 503, "still full");
+
+    std::fs::remove_file(&filler).expect("freeing the space");
+    wait_for(
+        DEADLINE,
+        "/healthz to answer 200 after freeing space",
+        || async { (api.get("/healthz").await.status == 200).then_some(()) },
+    )
+    .await;
+    master.wait_for_line("store reopened", DEADLINE).await;
+    let shown = api.instance(&id).await;
+    assert_eq!(shown["alias"], "acknowledged");
+    assert_eq!(shown["meta"]["tags"], json!({}));
+    let after = api.patch_instance(&id, json!({ "alias": "after" })).await;
+    assert_eq!(after["alias"], "after");
+    let second = id_of(&api.create(json!({ "url": url(), "alias": "second" })).await);
+
+    master.kill();
+    let master = Master::restart(&master).await;
+    let api = master.api();
+    let list = api.list().await;
+    let aliases: Vec<&str> = list[1..]
+        .iter()
+        .map(|v| v["alias"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(aliases.len(), 2, "instances after the restart: {list:?}");
+    assert!(
+        aliases.contains(&"after") && aliases.contains(&"second"),
+        "{aliases:?}"
+    );
+    assert_eq!(api.instance(&id).await["meta"]["tags"], json!({}));
+    assert_eq!(api.instance(&second).await["alias"], "second");
+}

@@ -260,6 +260,7 @@ proptest! {
         let future_id = "ffffffff_newer";
         let first = by_id.values().next().expect("one").clone();
         store
+            .raw()
             .instances
             .insert(future_id, as_newer(&InstanceRecord { id: future_id.into(), ..first }, newer, false))
             .expect("raw insert");
@@ -270,7 +271,7 @@ proptest! {
         prop_assert_eq!(loaded, by_id.into_values().collect::<Vec<_>>());
         prop_assert_eq!(problems.len(), 1);
         prop_assert!(problems[0].contains(&format!("schema v{newer} is newer")), "{}", problems[0]);
-        prop_assert!(store.instances.get(future_id).expect("get").is_some(), "the newer record is kept");
+        prop_assert!(store.raw().instances.get(future_id).expect("get").is_some(), "the newer record is kept");
         prop_assert_eq!(store.master().expect("master"), Some(m));
     }
 }

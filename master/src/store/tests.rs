@@ -117,10 +117,12 @@ async fn corrupt_instance_is_skipped_and_kept() {
     let (tmp, store) = open();
     store.put_instance(&instance("aaaa0001")).await.unwrap();
     store
+        .raw()
         .instances
         .insert("bad00bad", &b"\xff{not json"[..])
         .unwrap();
     store
+        .raw()
         .instances
         .insert("noversio", &br#"{"id":"noversio"}"#[..])
         .unwrap();
@@ -138,6 +140,7 @@ async fn corrupt_instance_is_skipped_and_kept() {
     assert_eq!(records.len(), 3);
     assert_eq!(problems.len(), 2);
     let kept = store
+        .raw()
         .instances
         .get("bad00bad")
         .unwrap()
@@ -154,6 +157,7 @@ async fn newer_schema_is_skipped() {
     store.put_instance(&future).await.unwrap();
     // A newer record need not fit today's struct at all.
     store
+        .raw()
         .instances
         .insert("aaaa000a", &br#"{"v":999,"id":7}"#[..])
         .unwrap();
@@ -168,7 +172,7 @@ async fn newer_schema_is_skipped() {
             "instance aaaa000a: skipped: schema v999 is newer than the v1 this drover understands",
         ]
     );
-    assert!(store.instances.get("aaaa0009").unwrap().is_some());
+    assert!(store.raw().instances.get("aaaa0009").unwrap().is_some());
 }
 
 /// A record stored under another id's key is reported, not loaded.
@@ -176,7 +180,7 @@ async fn newer_schema_is_skipped() {
 async fn instance_under_wrong_key_is_skipped() {
     let (_tmp, store) = open();
     let json = serde_json::to_vec(&instance("aaaa0001")).unwrap();
-    store.instances.insert("ffff0000", json).unwrap();
+    store.raw().instances.insert("ffff0000", json).unwrap();
     let (records, problems) = store.instances();
     assert!(records.is_empty());
     assert_eq!(
@@ -189,7 +193,11 @@ async fn instance_under_wrong_key_is_skipped() {
 #[tokio::test]
 async fn corrupt_master_is_an_error() {
     let (_tmp, store) = open();
-    store.master.insert(MASTER_KEY, &b"garbage"[..]).unwrap();
+    store
+        .raw()
+        .master
+        .insert(MASTER_KEY, &b"garbage"[..])
+        .unwrap();
     let err = store.master().unwrap_err();
     assert!(
         matches!(err, StoreError::Corrupt { tree: "master", .. }),
@@ -202,6 +210,7 @@ async fn corrupt_master_is_an_error() {
     );
 
     store
+        .raw()
         .master
         .insert(MASTER_KEY, &br#"{"v":2,"api_key":"x"}"#[..])
         .unwrap();
@@ -243,7 +252,7 @@ async fn delete_instance_removes_counters_and_bindings() {
 
     let store = reopen(&tmp, store);
     assert_eq!(store.instances().0, vec![instance("aaaa0002")]);
-    assert!(store.counters.get("aaaa0001").unwrap().is_none());
+    assert!(store.raw().counters.get("aaaa0001").unwrap().is_none());
     assert_eq!(store.counters("aaaa0002"), counters(2));
     assert_eq!(
         store.bindings(None, 10),
@@ -270,7 +279,7 @@ async fn writes_for_unknown_instances() {
         ])
         .await
         .unwrap();
-    assert!(store.counters.get("0000dead").unwrap().is_none());
+    assert!(store.raw().counters.get("0000dead").unwrap().is_none());
     assert_eq!(store.counters("aaaa0001"), counters(6));
 }
 
@@ -279,9 +288,9 @@ async fn writes_for_unknown_instances() {
 async fn corrupt_counters_and_bindings_read_as_empty() {
     let (_tmp, store) = open();
     store.put_instance(&instance("aaaa0001")).await.unwrap();
-    store.counters.insert("aaaa0001", &b"[]"[..]).unwrap();
+    store.raw().counters.insert("aaaa0001", &b"[]"[..]).unwrap();
     assert_eq!(store.counters("aaaa0001"), Counters::default());
-    store.bindings.insert("zed", &b"nope"[..]).unwrap();
+    store.raw().bindings.insert("zed", &b"nope"[..]).unwrap();
     store.put_binding("amy", "aaaa0001").await.unwrap();
     assert_eq!(store.binding("zed"), None);
     assert_eq!(
@@ -290,7 +299,7 @@ async fn corrupt_counters_and_bindings_read_as_empty() {
     );
     // Deleting the instance leaves the unreadable binding alone.
     store.delete_instance("aaaa0001").await.unwrap();
-    assert!(store.bindings.get("zed").unwrap().is_some());
+    assert!(store.raw().bindings.get("zed").unwrap().is_some());
 }
 
 /// Paging walks the bindings in client order, `after` exclusive.
@@ -419,22 +428,27 @@ async fn golden_records_decode() {
     };
     let (_tmp, store) = open();
     store
+        .raw()
         .instances
         .insert("1a2b3c4d", golden("instance.v1.json"))
         .unwrap();
     store
+        .raw()
         .instances
         .insert("0000beef", golden("instance-minimal.v1.json"))
         .unwrap();
     store
+        .raw()
         .master
         .insert(MASTER_KEY, golden("master.v1.json"))
         .unwrap();
     store
+        .raw()
         .counters
         .insert("1a2b3c4d", golden("counters.v1.json"))
         .unwrap();
     store
+        .raw()
         .bindings
         .insert("alice", golden("binding.v1.json"))
         .unwrap();
@@ -593,4 +607,55 @@ async fn record_and_counters_land_together() {
     let (records, _) = store.instances();
     assert_eq!(records, [record]);
     assert_eq!(store.counters("aaaa0002"), counters(5));
+}
+
+/// After a write failed inside sled, the next write drops the database,
+/// opens it again and writes memory's records over it: a refused change that
+/// reached the disk is undone, a refused create's record goes with its
+/// counters, a record being created and an unreadable one stay, and writes go
+/// on.
+#[tokio::test]
+async fn reopen_writes_memory_over_the_disk() {
+    let (_tmp, store) = open();
+    store.put_master(&master_record()).await.unwrap();
+    for id in ["aaaa0001", "aaaa0002", "aaaa0003"] {
+        store.put_instance(&instance(id)).await.unwrap();
+    }
+    store
+        .put_counters(&[("aaaa0002".into(), counters(5))])
+        .await
+        .unwrap();
+    store
+        .raw()
+        .instances
+        .insert("bad00bad", &b"garbage"[..])
+        .unwrap();
+    // Writes answered with an error that reached the disk all the same.
+    let mut refused = instance("aaaa0001");
+    refused.alias = "refused".into();
+    store.put_instance(&refused).await.unwrap();
+    let mut new_key = master_record();
+    new_key.api_key = "ffffffffffffffffffffffffffffffff".into();
+    store.put_master(&new_key).await.unwrap();
+    store.resync_from(Box::new(|| Memory {
+        instances: vec![instance("aaaa0001")],
+        creating: vec!["aaaa0003".into()],
+        master: master_record(),
+    }));
+
+    store.failed.store(true, Relaxed);
+    // sled may hold its lock a moment past the drop (see `reopen_after_drop`).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = store.flush().await {
+        assert!(std::time::Instant::now() < deadline, "never reopened: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!store.failed.load(Relaxed));
+    let (records, problems) = store.instances();
+    assert_eq!(records, vec![instance("aaaa0001"), instance("aaaa0003")]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(store.master().unwrap(), Some(master_record()));
+    assert_eq!(store.counters("aaaa0002"), Counters::default());
+    store.put_instance(&instance("aaaa0004")).await.unwrap();
+    assert_eq!(store.instances().0.len(), 3);
 }

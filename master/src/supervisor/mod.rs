@@ -20,7 +20,7 @@ pub use patch::{Action, RecordEdit};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use proto::spec::TunnelSpec;
@@ -95,6 +95,9 @@ pub struct UrlDefaults {
 pub struct Supervisor {
     shared: Arc<Shared>,
     instances: RwLock<BTreeMap<String, Arc<Instance>>>,
+    /// Ids being created: written (or being written) to the store, not yet
+    /// in `instances`. A store resync must not take their records away.
+    creating: std::sync::Mutex<std::collections::BTreeSet<String>>,
     defaults: UrlDefaults,
 }
 
@@ -136,6 +139,7 @@ impl Supervisor {
         Arc::new(Self {
             shared,
             instances: RwLock::new(BTreeMap::new()),
+            creating: Default::default(),
             defaults,
         })
     }
@@ -265,6 +269,30 @@ impl Supervisor {
             .collect()
     }
 
+    fn creating_mark(&self, id: &str, on: bool) {
+        let mut creating = self.creating.lock().unwrap_or_else(PoisonError::into_inner);
+        if on {
+            creating.insert(id.to_owned());
+        } else {
+            creating.remove(id);
+        }
+    }
+
+    /// What the store must hold, from memory (see [`crate::store::Memory`]):
+    /// every instance's record, also of one being deleted, and the ids
+    /// being created.
+    pub fn memory(&self) -> (Vec<InstanceRecord>, Vec<String>) {
+        let records = self.all().iter().map(|i| i.lock().record.clone()).collect();
+        let creating = self
+            .creating
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        (records, creating)
+    }
+
     /// Every instance view, in id order.
     pub fn list(&self) -> Vec<InstanceView> {
         let all = self.all();
@@ -328,14 +356,17 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        self.creating_mark(&id, true);
         if let Err(e) = self.persist(&inst).await {
+            self.creating_mark(&id, false);
             inst.send(Command::Delete(oneshot::channel().0));
             return Err(e);
         }
         self.instances
             .write()
             .expect("instances lock")
-            .insert(id, inst.clone());
+            .insert(id.clone(), inst.clone());
+        self.creating_mark(&id, false);
         inst.lock().worker = instance::WorkerState::Starting;
         inst.lock().status = Status::Running;
         // `create` goes out before the task's first `update` can.
