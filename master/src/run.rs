@@ -67,11 +67,9 @@ fn tenant_root() -> std::path::PathBuf {
     std::env::temp_dir().join("drover-tenants")
 }
 
-/// Loads the master record or makes one (printing the key once).
 /// How long a starting master waits for the data dir's lock before saying
-/// another master holds it: one just SIGKILLed leaves it held for a moment by
-/// a worker it was forking (the child has the master's fds until its exec,
-/// and joining a cgroup first can take milliseconds).
+/// another master holds it: one just SIGKILLed can leave it held for a moment
+/// by a worker it was forking (the child has the master's fds until it execs).
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 async fn open_store(dir: &std::path::Path) -> Result<Store, store::StoreError> {
@@ -86,6 +84,7 @@ async fn open_store(dir: &std::path::Path) -> Result<Store, store::StoreError> {
     }
 }
 
+/// Loads the master record or makes one (printing the key once).
 async fn master_record(store: &Store) -> Result<MasterRecord> {
     if let Some(m) = store.master().context("reading the master record")? {
         tracing::info!(master_id = %m.master_id, "API key loaded from the store");
