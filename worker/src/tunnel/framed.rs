@@ -34,6 +34,9 @@ use super::relay::{self, Activity, Counters, Pipe, RelayOpts};
 pub const EOF: u32 = 0;
 /// Tag: the rest of this direction is unframed, up to the link's end.
 pub const RAW: u32 = u32::MAX;
+/// First buffer per direction of a session that does not splice (TLS, or
+/// `rate`); grown to `relay::COPY_BUF` once a read fills it.
+const START_BUF: usize = 4096;
 /// Largest data frame a receiver accepts.
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -187,11 +190,13 @@ where
 {
     let may_raw = may_raw && src.socket().is_some() && dst.socket().is_some();
     // The tag goes in front of the data: one write per frame, and a whole
-    // frame fills TLS records exactly.
-    let room = if may_raw {
+    // frame fills TLS records exactly. Frames that cannot turn raw start
+    // small (most sessions are a few short messages) and grow to the copy
+    // buffer once a read fills them.
+    let mut room = if may_raw {
         relay::SMALL_BUF
     } else {
-        relay::COPY_BUF - 4
+        START_BUF - 4
     };
     let mut buf = Vec::with_capacity(4 + room);
     loop {
@@ -213,6 +218,10 @@ where
         dst.flush().await?;
         count.fetch_add(n as u64, Relaxed);
         act.touch();
+        if !may_raw && n >= room && room < relay::COPY_BUF - 4 {
+            room = relay::COPY_BUF - 4;
+            buf = Vec::with_capacity(4 + room);
+        }
         if raw {
             drop(buf);
             let (Some(src), Some(dst)) = (src.socket(), dst.socket()) else {
@@ -240,15 +249,13 @@ where
 {
     // A plain socket reads into spare capacity as it is. A TLS reader zeroes
     // whatever part of a buffer is not yet initialised on every read, which
-    // for spare `Vec` capacity is all of it: zeroed once instead. On a plain
-    // link bulk turns raw, so frames are small (and any frame may be
-    // delivered in pieces).
+    // for spare `Vec` capacity is all of it: zeroed once instead, starting
+    // small (zeroing the copy buffer for every session cost a tenth of a
+    // busy entrance's time) and grown once a read fills it. On a plain link
+    // bulk turns raw, so frames are small (and any frame may be delivered
+    // in pieces).
     let plain = src.socket().is_some();
-    let size = if plain {
-        relay::SMALL_BUF
-    } else {
-        relay::COPY_BUF
-    };
+    let size = if plain { relay::SMALL_BUF } else { START_BUF };
     let mut buf = Vec::with_capacity(size.max(pending.len()));
     buf.extend_from_slice(pending);
     if !plain {
@@ -318,6 +325,9 @@ where
             ));
         }
         end += n;
+        if !plain && end == buf.len() && buf.len() < relay::COPY_BUF {
+            buf.resize(relay::COPY_BUF, 0);
+        }
     }
 }
 
