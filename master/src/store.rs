@@ -1016,7 +1016,7 @@ fn restrict_tree(dir: &Path) -> Result<(), StoreError> {
 ///
 /// sled's IO pool threads let go of the files a moment after a flush has
 /// answered, so the lock can outlive the drop briefly (seen under CI load);
-/// a master never reopens its own store, it exits.
+/// a master's own reopen after a failed write retries the same way.
 #[cfg(test)]
 fn reopen_after_drop(dir: &Path) -> Store {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
