@@ -224,31 +224,33 @@ async fn corrupt_master_record_refuses_to_start() {
     assert_eq!(kept.expect("reading").as_deref(), Some(GARBAGE));
 }
 
-/// A store that runs out of space (a 4 MiB tmpfs as the data dir, filled):
-/// a PATCH gets a JSON 500 and changes nothing the API shows, `/healthz`
-/// says 503; a master SIGKILLed then and restarted after space is freed has
-/// the instance as last acknowledged, and writes work again. Needs root (to
-/// mount a tmpfs); skipped, saying so, where this process may not mount.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_disk_refuses_a_patch_and_loses_nothing() {
+/// A master on a 4 MiB tmpfs data dir with one instance whose alias
+/// "acknowledged" is on disk, then the tmpfs filled: a PATCH gets a JSON 500
+/// naming the cause and changes nothing the API shows, `/healthz` says 503.
+/// `None` (saying so) where this process may not mount a tmpfs.
+struct FullDisk {
+    master: Master,
+    id: String,
+    filler: std::path::PathBuf,
+    _disk: Tmpfs,
+}
+
+async fn full_disk(prefix: &str) -> Option<FullDisk> {
     let dir = tempfile::Builder::new()
-        .prefix("drover-e2e-full-")
+        .prefix(prefix)
         .tempdir()
         .expect("temporary dir");
     let disk = match Tmpfs::mount(dir.path(), "4m") {
         Ok(d) => d,
         Err(e) if !is_root() || e.raw_os_error() == Some(libc::EPERM) => {
             eprintln!("skipped: cannot mount a tmpfs here ({e})");
-            return;
+            return None;
         }
         Err(e) => panic!("mounting a tmpfs as root: {e}"),
     };
     let master = Master::start_in(DEFAULT_URL, dir).await;
     let api = master.api();
-    let view = api
-        .create(json!({ "url": format!("client://{}/{}?mode=1", free_addr(), free_addr()) }))
-        .await;
-    let id = id_of(&view);
+    let id = id_of(&api.create(json!({ "url": instance_url() })).await);
     api.patch_instance(&id, json!({ "alias": "acknowledged" }))
         .await;
 
@@ -278,7 +280,32 @@ async fn full_disk_refuses_a_patch_and_loses_nothing() {
     );
     assert_eq!(shown["meta"]["tags"], json!({}));
     assert_eq!(api.get("/healthz").await.status, 503);
+    Some(FullDisk {
+        master,
+        id,
+        filler,
+        _disk: disk,
+    })
+}
 
+fn instance_url() -> String {
+    format!("client://{}/{}?mode=1", free_addr(), free_addr())
+}
+
+/// A store that runs out of space (see [`full_disk`]): a master SIGKILLed
+/// then and restarted after space is freed has the instance as last
+/// acknowledged, and writes work again. Needs root (to mount a tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_refuses_a_patch_and_loses_nothing() {
+    let Some(FullDisk {
+        master,
+        id,
+        filler,
+        _disk,
+    }) = full_disk("drover-e2e-full-").await
+    else {
+        return;
+    };
     master.kill();
     std::fs::remove_file(&filler).expect("freeing the space");
     let master = Master::restart(&master).await;
@@ -291,46 +318,30 @@ async fn full_disk_refuses_a_patch_and_loses_nothing() {
     assert_eq!(after["alias"], "after");
 }
 
-/// A full disk that is freed again needs no restart: while full, a PATCH and
-/// a create get JSON 500s and `/healthz` 503; once space is freed the store
-/// reopens (sled refuses every write after its first failure, so the master
-/// drops and reopens it), `/healthz` answers 200, and the API shows and
-/// stores exactly what was acknowledged: the refused alias and the refused
-/// instance never appear, also after a SIGKILL and a restart. Needs root.
+/// A full disk that is freed again needs no restart: while full (see
+/// [`full_disk`]) a create also gets a JSON 500; once space is freed the
+/// store reopens (sled refuses every write after its first failure, so the
+/// master drops and reopens it), `/healthz` answers 200, and the API shows
+/// and stores exactly what was acknowledged: the refused alias and the
+/// refused instance never appear, also after a SIGKILL and a restart. Needs
+/// root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn freed_disk_takes_writes_again_without_a_restart() {
-    let dir = tempfile::Builder::new()
-        .prefix("drover-e2e-freed-")
-        .tempdir()
-        .expect("temporary dir");
-    let disk = match Tmpfs::mount(dir.path(), "4m") {
-        Ok(d) => d,
-        Err(e) if !is_root() || e.raw_os_error() == Some(libc::EPERM) => {
-            eprintln!("skipped: cannot mount a tmpfs here ({e})");
-            return;
-        }
-        Err(e) => panic!("mounting a tmpfs as root: {e}"),
+    let Some(FullDisk {
+        master,
+        id,
+        filler,
+        _disk,
+    }) = full_disk("drover-e2e-freed-").await
+    else {
+        return;
     };
-    let master = Master::start_in(DEFAULT_URL, dir).await;
     let api = master.api();
-    let url = || format!("client://{}/{}?mode=1", free_addr(), free_addr());
-    let id = id_of(&api.create(json!({ "url": url() })).await);
-    api.patch_instance(&id, json!({ "alias": "acknowledged" }))
-        .await;
-
-    let filler = disk.fill();
-    let tags: serde_json::Map<String, Value> = (0..100)
-        .map(|i| (format!("t{i}"), json!("x".repeat(100))))
-        .collect();
-    let refused = api
-        .patch(
-            &format!("/instances/{id}"),
-            &json!({ "alias": "refused", "meta": { "tags": tags } }),
-        )
-        .await;
-    assert_eq!(refused.status, 500, "{}", refused.text());
     let refused_create = api
-        .post("/instances", &json!({ "url": url(), "alias": "refused" }))
+        .post(
+            "/instances",
+            &json!({ "url": instance_url(), "alias": "refused" }),
+        )
         .await;
     assert_eq!(refused_create.status, 500, "{}", refused_create.text());
     assert!(refused_create.json()["error"].is_string());
@@ -349,7 +360,10 @@ async fn freed_disk_takes_writes_again_without_a_restart() {
     assert_eq!(shown["meta"]["tags"], json!({}));
     let after = api.patch_instance(&id, json!({ "alias": "after" })).await;
     assert_eq!(after["alias"], "after");
-    let second = id_of(&api.create(json!({ "url": url(), "alias": "second" })).await);
+    let second = id_of(
+        &api.create(json!({ "url": instance_url(), "alias": "second" }))
+            .await,
+    );
 
     master.kill();
     let master = Master::restart(&master).await;
