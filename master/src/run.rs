@@ -68,21 +68,8 @@ fn tenant_root() -> std::path::PathBuf {
 }
 
 /// How long a starting master waits for the data dir's lock before saying
-/// another master holds it: one just SIGKILLed can leave it held for a moment
-/// by a worker it was forking (the child has the master's fds until it execs).
+/// another master holds it (see [`Store::open_waiting`]).
 const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-async fn open_store(dir: &std::path::Path) -> Result<Store, store::StoreError> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match Store::open(dir) {
-            Err(store::StoreError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            res => return res,
-        }
-    }
-}
 
 /// Loads the master record or makes one (printing the key once).
 async fn master_record(store: &Store) -> Result<MasterRecord> {
@@ -157,7 +144,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Store files and anything workers write stay private to this user.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = store::data_dir();
-    let store = open_store(&dir)
+    let store = Store::open_waiting(&dir, LOCK_WAIT)
         .await
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     let master = master_record(&store).await?;

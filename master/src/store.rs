@@ -57,9 +57,10 @@ const FILE_MODE: u32 = 0o600;
 /// Below this much free space a failed database is not reopened (nothing
 /// would be written; its reads keep working meanwhile).
 const REOPEN_MIN_FREE: u64 = 1 << 20;
-/// How often, and how far apart, a reopen tries for sled's lock.
-const REOPEN_TRIES: u32 = 50;
-const REOPEN_PAUSE: Duration = Duration::from_millis(20);
+/// How long a reopen waits for sled's lock (its IO threads let go of it a
+/// moment after the last handle), and how often an open tries for it.
+const REOPEN_LOCK_WAIT: Duration = Duration::from_secs(1);
+const LOCK_PAUSE: Duration = Duration::from_millis(20);
 /// Text sled puts in the I/O error when another process holds the lock.
 const SLED_LOCK_TEXT: &str = "could not acquire lock";
 
@@ -249,6 +250,20 @@ impl Trees {
             db,
         })
     }
+
+    /// [`Trees::open`], trying again while another holder keeps sled's lock,
+    /// for up to `wait`.
+    async fn open_waiting(dir: &Path, wait: Duration) -> Result<Trees, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Trees::open(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(LOCK_PAUSE).await;
+                }
+                res => return res,
+            }
+        }
+    }
 }
 
 impl Store {
@@ -259,15 +274,26 @@ impl Store {
     /// process umask, but the 0700 directories keep them private regardless.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         secure_dir(dir)?;
-        let trees = Trees::open(dir)?;
-        Ok(Store {
+        Ok(Store::over(dir, Trees::open(dir)?))
+    }
+
+    /// [`open`](Self::open), waiting up to `wait` for sled's lock: a master
+    /// just SIGKILLed can leave it held for a moment by a worker it was
+    /// forking (the child has the master's fds until it execs).
+    pub async fn open_waiting(dir: &Path, wait: Duration) -> Result<Store, StoreError> {
+        secure_dir(dir)?;
+        Ok(Store::over(dir, Trees::open_waiting(dir, wait).await?))
+    }
+
+    fn over(dir: &Path, trees: Trees) -> Store {
+        Store {
             dir: dir.to_path_buf(),
             trees: Arc::new(RwLock::new(Some(trees))),
             failed: Default::default(),
             memory: Default::default(),
             flush_observer: Default::default(),
             write_gate: Default::default(),
-        })
+        }
     }
 
     /// Hands the store what memory holds, to write after a reopen (set once).
@@ -283,9 +309,20 @@ impl Store {
     /// Fsyncs everything written so far (also done by every mutation); the
     /// health check. After a failed write it reopens the database first.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(|t| async move { self.flush_gated(&t).await })
+            .await
+    }
+
+    /// Runs one write under the write gate on the open trees (reopened
+    /// first after a failed write), noting a failure inside sled.
+    async fn write<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Trees) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         let _gate = self.write_gate.lock().await;
         let t = self.writable().await?;
-        let res = self.flush_gated(&t).await;
+        let res = op(t).await;
         self.noted(res)
     }
 
@@ -312,8 +349,8 @@ impl Store {
             .ok_or(StoreError::Closed)
     }
 
-    /// The trees for a write (the caller holds the write gate), reopening the
-    /// database first when an earlier write failed inside sled.
+    /// The trees for a write (under the write gate), reopening the database
+    /// first when an earlier write failed inside sled.
     async fn writable(&self) -> Result<Trees, StoreError> {
         if self.failed.load(Relaxed) {
             self.reopen_gated().await?;
@@ -343,17 +380,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(old);
-        // sled's IO threads let go of its lock a moment after the last handle.
-        let mut tries = 0;
-        let trees = loop {
-            match Trees::open(&self.dir) {
-                Err(StoreError::Locked { .. }) if tries < REOPEN_TRIES => {
-                    tries += 1;
-                    tokio::time::sleep(REOPEN_PAUSE).await;
-                }
-                res => break res?,
-            }
-        };
+        let trees = Trees::open_waiting(&self.dir, REOPEN_LOCK_WAIT).await?;
         *self.trees.write().unwrap_or_else(PoisonError::into_inner) = Some(trees.clone());
         self.failed.store(false, Relaxed);
         if let Some(memory) = self.memory.get() {
@@ -453,16 +480,13 @@ impl Store {
 
     /// One value of the `master` tree, durably.
     async fn put_in_master(&self, key: &'static str, value: Vec<u8>) -> Result<(), StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let t = self.writable().await?;
-        let res = async {
+        self.write(|t| async move {
             t.master
                 .insert(key, value)
                 .map_err(sled_err("writing", "master", key))?;
             self.flush_gated(&t).await
-        }
-        .await;
-        self.noted(res)
+        })
+        .await
     }
 
     // ---- instances ----
@@ -531,15 +555,16 @@ impl Store {
         latest: impl FnOnce() -> Option<(InstanceRecord, Option<Counters>, T)>,
         settle: impl FnOnce(bool, T),
     ) -> Result<bool, StoreError> {
-        let _gate = self.write_gate.lock().await;
-        // A reopen writes memory's records: it runs before `latest` changes memory.
-        let t = self.writable().await?;
-        let Some((record, totals, token)) = latest() else {
-            return Ok(false);
-        };
-        let res = self.write_instance(&t, &record, totals).await;
-        settle(res.is_ok(), token);
-        self.noted(res).map(|()| true)
+        // A reopen (writing memory's records) runs before `latest` changes memory.
+        self.write(|t| async move {
+            let Some((record, totals, token)) = latest() else {
+                return Ok(false);
+            };
+            let res = self.write_instance(&t, &record, totals).await;
+            settle(res.is_ok(), token);
+            res.map(|()| true)
+        })
+        .await
     }
 
     /// Writes a record (and its counters, when given) durably; the caller
@@ -577,9 +602,7 @@ impl Store {
     /// Removes an instance with its counters and every binding to it, in one
     /// transaction, durably. Returns whether the instance existed.
     pub async fn delete_instance(&self, id: &str) -> Result<bool, StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let t = self.writable().await?;
-        let res = async {
+        self.write(|t| async move {
             let doomed = bindings_to(&t, id)?;
             let existed = (&t.instances, &t.counters, &t.bindings)
                 .transaction(|(instances, counters, bindings)| {
@@ -600,9 +623,8 @@ impl Store {
             }
             self.flush_gated(&t).await?;
             Ok(existed)
-        }
-        .await;
-        self.noted(res)
+        })
+        .await
     }
 
     // ---- counters ----
@@ -646,17 +668,15 @@ impl Store {
         latest: impl FnOnce() -> Vec<(String, Counters)>,
         written: impl FnOnce(&[(String, Counters)]),
     ) -> Result<(), StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let t = self.writable().await?;
-        let batch = latest();
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut values = Vec::with_capacity(batch.len());
-        for (id, totals) in &batch {
-            values.push((id.as_str(), encode_counters(id, *totals)?));
-        }
-        let res = async {
+        self.write(|t| async move {
+            let batch = latest();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut values = Vec::with_capacity(batch.len());
+            for (id, totals) in &batch {
+                values.push((id.as_str(), encode_counters(id, *totals)?));
+            }
             (&t.instances, &t.counters)
                 .transaction(|(instances, counters)| {
                     for (id, value) in &values {
@@ -667,12 +687,11 @@ impl Store {
                     Ok(())
                 })
                 .map_err(txn_err("writing", "counters", "(batch)"))?;
-            self.flush_gated(&t).await
-        }
-        .await;
-        self.noted(res)?;
-        written(&batch);
-        Ok(())
+            self.flush_gated(&t).await?;
+            written(&batch);
+            Ok(())
+        })
+        .await
     }
 
     // ---- bindings ----
@@ -736,14 +755,12 @@ impl Store {
     /// Binds a gateway client to a stored instance, durably;
     /// [`StoreError::UnknownInstance`] if the instance is not stored.
     pub async fn put_binding(&self, client: &str, instance: &str) -> Result<(), StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let t = self.writable().await?;
         let record = BindingRecord {
             v: SCHEMA_VERSION,
             instance: instance.to_owned(),
         };
         let value = encode(&record, "bindings", client)?;
-        let res = async {
+        self.write(|t| async move {
             (&t.instances, &t.bindings)
                 .transaction(|(instances, bindings)| {
                     if instances.get(instance.as_bytes())?.is_none() {
@@ -758,25 +775,21 @@ impl Store {
                 })
                 .map_err(txn_err("writing", "bindings", client))?;
             self.flush_gated(&t).await
-        }
-        .await;
-        self.noted(res)
+        })
+        .await
     }
 
     /// Removes a client's binding, durably; returns whether it existed.
     pub async fn delete_binding(&self, client: &str) -> Result<bool, StoreError> {
-        let _gate = self.write_gate.lock().await;
-        let t = self.writable().await?;
-        let res = async {
+        self.write(|t| async move {
             let old = t
                 .bindings
                 .remove(client.as_bytes())
                 .map_err(sled_err("deleting", "bindings", client))?;
             self.flush_gated(&t).await?;
             Ok(old.is_some())
-        }
-        .await;
-        self.noted(res)
+        })
+        .await
     }
 }
 
