@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod channel;
 pub mod clock;
+pub mod congestion;
 pub mod duration;
 pub mod error;
 pub mod fdpass;

@@ -1,5 +1,6 @@
 //! Listening sockets as both sides make them: `SO_REUSEADDR`, a deep
-//! backlog, non-blocking, close-on-exec, and dual-stack for "all interfaces".
+//! backlog, non-blocking, close-on-exec, dual-stack for "all interfaces", and
+//! on loopback a congestion control that does not pace ([`crate::congestion`]).
 //! The master binds an instance's listeners with these; a standalone worker
 //! binds its own.
 
@@ -67,6 +68,7 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         let s = socket(addr, Type::STREAM, Protocol::TCP)?;
         s.set_reuse_address(true)?;
         s.bind(&addr.into())?;
+        crate::congestion::tune_loopback(&s, addr.ip());
         s.listen(BACKLOG)?;
         Ok(s.into())
     })

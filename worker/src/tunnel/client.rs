@@ -159,6 +159,9 @@ async fn open_link(ctx: &Ctx, tls: &ClientTls) -> Result<(Link, [u8; 16]), Tunne
     .map_err(|_| TunnelError::peer(&server, "connect timed out"))?
     .map_err(|e| TunnelError::peer(&server, format!("connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
+    if let Ok(peer) = tcp.peer_addr() {
+        proto::congestion::tune_loopback(&tcp, peer.ip());
+    }
     let offer = tokio::time::timeout(
         wire::HANDSHAKE_TIMEOUT,
         wire::client_preamble(&mut tcp, &server),

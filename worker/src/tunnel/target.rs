@@ -162,6 +162,7 @@ impl Dialer {
         } else {
             TcpSocket::new_v6()?
         };
+        proto::congestion::tune_loopback(&sock, addr.ip());
         if let Some(src) = self.source
             && !self.source_failed.load(Relaxed)
             && src.is_ipv4() == addr.is_ipv4()
