@@ -29,6 +29,7 @@ mod secrets;
 mod supervision;
 mod systemd;
 mod tunnel_auth;
+mod tunnel_congestion;
 mod tunnel_memory;
 mod tunnel_params;
 mod tunnel_resilience;

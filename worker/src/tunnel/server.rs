@@ -205,6 +205,9 @@ impl Server {
         peer: SocketAddr,
     ) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
+        // A listener on all interfaces keeps the default; a link from this
+        // host still should not pace (a link lives long: one call per link).
+        proto::congestion::tune_loopback(&tcp, peer.ip());
         let tls_mode = if self.tls.is_some() {
             self.ctx.spec.params.tls
         } else {
