@@ -26,10 +26,14 @@ pub fn tune_loopback(sock: &impl AsFd, ip: IpAddr) {
 /// Whether the system default congestion control is BBR (read once).
 fn default_is_bbr() -> bool {
     static BBR: OnceLock<bool> = OnceLock::new();
-    *BBR.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-            .is_ok_and(|cc| cc.trim_start().starts_with("bbr"))
-    })
+    *BBR.get_or_init(|| system_default().is_some_and(|cc| cc.starts_with("bbr")))
+}
+
+/// The system default congestion control, as new sockets get it.
+pub fn system_default() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .ok()
+        .map(|cc| cc.trim().to_string())
 }
 
 #[cfg(test)]
@@ -47,10 +51,7 @@ mod tests {
     /// one on all interfaces keeps the system default either way.
     #[test]
     fn loopback_listeners_leave_bbr() {
-        let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-            .unwrap()
-            .trim()
-            .to_string();
+        let default = super::system_default().expect("the system default");
         let want = if default.starts_with("bbr") {
             "cubic"
         } else {

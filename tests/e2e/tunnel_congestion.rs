@@ -47,10 +47,7 @@ fn congestion(port: u16, local: bool) -> Vec<String> {
 /// listens on 0.0.0.0; every worker socket on loopback has left BBR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_sockets_of_a_tunnel_do_not_pace() {
-    let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .expect("read the system default congestion control")
-        .trim()
-        .to_string();
+    let default = proto::congestion::system_default().expect("the system default");
     let want = if default.starts_with("bbr") {
         "cubic"
     } else {
