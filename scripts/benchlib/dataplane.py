@@ -4,7 +4,8 @@ Per repetition every forwarder runs two blocks, each on a fresh instance:
 
 * latency block, in front of the TCP echo backend (`drover-bench echo`):
   readiness probe, idle RSS of every process, ping-pong round trips
-  (64 B, persistent connection, warm-up first), new connections per second at
+  (64 B, persistent connection, warm-up first), the same with every process
+  on one CPU (the forwarder's own cost), new connections per second at
   concurrency 1 and 64 (connect → 64 B → echo → close);
 * throughput block, in front of `iperf3 -s` (TCP and UDP on one port):
   iperf3 with 1 and 8 streams (CPU of the forwarder's processes before and
@@ -18,6 +19,7 @@ the shared machine hit all of them alike.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +82,8 @@ class Backends:
         procs.stop_sessions([p for p in (self.echo, self.iperf) if p is not None], grace=1)
 
 
-def _bench_json(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
-    r = procs.run(cmd, timeout=timeout)
+def _bench_json(cmd: list[str], timeout: float, **kw) -> tuple[dict | None, str]:
+    r = procs.run(cmd, timeout=timeout, **kw)
     if r.returncode != 0:
         return None, (r.stderr or r.stdout).strip()[-300:] or f"exit {r.returncode}"
     try:
@@ -122,6 +124,29 @@ class Runner:
                 return f"{p.name} exited: {p.tail(5)}"
         return ""
 
+    def _pingpong(self, target: str, **kw) -> tuple[dict | None, str]:
+        return _bench_json(
+            [self.bench_bin, "pingpong", "--addr", target, "--count", str(self.s.ping_count), "--warmup-ms", "300", "--warmup-count", "500", "--max-seconds", "30"],
+            timeout=45,
+            **kw,
+        )
+
+    def _pingpong_one_cpu(self, target: str, ps: list[procs.Proc]) -> tuple[dict | None, str]:
+        """Round trips with the client, the forwarder and the echo backend all
+        on one CPU: no round trip waits for an idle CPU to wake (on a VM
+        without a cpuidle driver each such wake-up is a halt exit), so what
+        is left is the forwarder's own cost. A diagnostic, not a target."""
+        everywhere = os.sched_getaffinity(0)
+        if len(everywhere) < 2:
+            return None, ""
+        one = {max(everywhere)}
+        pids = [st["pid"] for p in [self.b.echo, *ps] for st in p.members()]
+        procs.set_affinity(pids, one)
+        try:
+            return self._pingpong(target, preexec_fn=lambda: os.sched_setaffinity(0, one))
+        finally:
+            procs.set_affinity(pids, everywhere)
+
     # ------------------------------------------------------------ blocks
 
     def latency_block(self, f: Forwarder, m: dict, raw: dict, errors: list) -> None:
@@ -142,16 +167,19 @@ class Runner:
                 m["rss_idle_procs_kib"] = [r["rss_kib"] for r in per]
                 raw["rss_idle"] = per
             target = procs.addr(listen)
-            pp, err = _bench_json(
-                [self.bench_bin, "pingpong", "--addr", target, "--count", str(self.s.ping_count), "--warmup-ms", "300", "--warmup-count", "500", "--max-seconds", "30"],
-                timeout=45,
-            )
+            pp, err = self._pingpong(target)
             if pp:
                 raw["pingpong"] = pp
                 m["rtt_p50_us"] = pp["rtt_us"]["p50"]
                 m["rtt_p99_us"] = pp["rtt_us"]["p99"]
             else:
                 errors.append(f"pingpong: {err}")
+            pp, err = self._pingpong_one_cpu(target, ps)
+            if pp:
+                raw["pingpong_one_cpu"] = pp
+                m["rtt1cpu_p50_us"] = pp["rtt_us"]["p50"]
+            elif err:
+                errors.append(f"pingpong on one CPU: {err}")
             for c in (1, 64):
                 cr, err = _bench_json(
                     [self.bench_bin, "connrate", "--addr", target, "--concurrency", str(c), "--seconds", str(self.s.conn_seconds), "--max-conns", str(self.s.conn_max), "--timeout-ms", "3000"],

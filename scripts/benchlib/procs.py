@@ -272,6 +272,24 @@ def run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(cmd, 127, "", str(e))
 
 
+# ---------------------------------------------------------------- CPU placement
+
+
+def set_affinity(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of every pid onto `cpus` (threads spawned later inherit it
+    from the thread that spawns them). A process that exits meanwhile is skipped."""
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
+
 # ---------------------------------------------------------------- sampling
 
 

@@ -90,7 +90,9 @@ def evaluate(results: dict) -> list[dict]:
         if x is None or d50 is None:
             add(what, "not measured", None)
         else:
-            add(what, f"+{x - d50:.1f} µs ({x:.1f} vs direct {d50:.1f})", x - d50 <= limit)
+            one, d1 = val(agg, shape, "rtt1cpu_p50_us"), val(agg, "direct", "rtt1cpu_p50_us")
+            own = f"; on one CPU +{one - d1:.1f} µs" if one is not None and d1 is not None else ""
+            add(what, f"+{x - d50:.1f} µs ({x:.1f} vs direct {d50:.1f}{own})", x - d50 <= limit)
     # Connection rate.
     for shape in SHAPES:
         for c in (1, 64):
@@ -519,7 +521,9 @@ def render(results: dict) -> str:
         L += dp_table(results, [
             ("rtt_p50_us", "p50", "us", False, _lat_target),
             ("rtt_p99_us", "p99", "us", False, None),
-        ], "Round-trip latency", f"µs per 64-byte request/echo on one persistent connection (TCP_NODELAY), {s['ping_count']:,} round trips after a warm-up of ≥ 0.3 s and ≥ 500 round trips.")
+            ("rtt1cpu_p50_us", "p50, every process on one CPU", "us", False, None),
+        ], "Round-trip latency", f"µs per 64-byte request/echo on one persistent connection (TCP_NODELAY), {s['ping_count']:,} round trips after a warm-up of ≥ 0.3 s and ≥ 500 round trips. "
+            "The last row repeats it with client, forwarder and echo backend pinned to one CPU (see Method).")
         L += dp_table(results, [
             ("conn1_rate", "concurrency 1", "rate", True, _conn_target),
             ("conn64_rate", "concurrency 64", "rate", True, _conn_target),
@@ -565,6 +569,13 @@ scripts/bench                   # full run, ≤ 25 minutes on 2 cores, report he
   server on one CPU (fast round trips), then spreads them over both (an idle CPU's wake-up per
   round trip). Measuring before that settles makes `direct` look several times faster and the
   added latency meaningless.
+- **Round trips on one CPU.** After the ordinary ping-pong, the same test runs with the client,
+  every process of the forwarder and the echo backend pinned to one CPU, then unpinned. A round
+  trip through a forwarder wakes two more processes than a direct one; spread over CPUs, each
+  wake-up of an idle CPU costs a halt exit on a VM without a cpuidle driver (this one), and that
+  cost, not the forwarder's work, dominates the added latency. On one CPU nobody waits for a
+  CPU to wake, so the difference to `direct` is what the forwarder itself adds (its syscalls and
+  two context switches). A diagnostic next to the target, which is judged on the ordinary run.
 - **Drover shapes** (`drover-worker` processes started directly, default parameters):
   single-end `client://127.0.0.1:L/127.0.0.1:T?mode=1`; reverse `server://127.0.0.1:A/127.0.0.1:L?mode=1`
   + `client://127.0.0.1:A/127.0.0.1:T?mode=2`; forward `server://127.0.0.1:A/127.0.0.1:T?mode=2`
