@@ -1,8 +1,8 @@
 //! Loopback sockets do not pace: when the system default congestion control
 //! is BBR, the sockets a tunnel's workers own towards loopback use CUBIC —
-//! pool links at both ends (even when the server listens on all
-//! interfaces), the user's accepted socket and the target connection — while
-//! the test's own sockets keep the default.
+//! pool links at both ends and the user's accepted socket (even when the
+//! server listens on all interfaces for both) and the target connection —
+//! while the test's own sockets keep the default.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -44,7 +44,8 @@ fn congestion(port: u16, local: bool) -> Vec<String> {
 }
 
 /// One user session stays open through a reverse tunnel whose server
-/// listens on 0.0.0.0; every worker socket on loopback has left BBR.
+/// listens on 0.0.0.0 (tunnel and entrance); every worker socket on loopback
+/// has left BBR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_sockets_of_a_tunnel_do_not_pace() {
     let default = proto::congestion::system_default().expect("the system default");
@@ -56,12 +57,21 @@ async fn loopback_sockets_of_a_tunnel_do_not_pace() {
     let echo = EchoServer::start().await;
     let mut plan = TunnelBuilder::new(Mode::Reverse, &[echo.addr]).plan();
     let tunnel_port = plan.tunnel.expect("a dual-end tunnel").port();
-    // The client still dials 127.0.0.1; the derived key depends on the port only.
+    let entrance = plan.entrance.port();
+    // The client and the user still dial 127.0.0.1; the derived key depends
+    // on the port only.
     let server_url = plan.server_url.take().expect("a server");
-    plan.server_url = Some(server_url.replace(
-        &format!("127.0.0.1:{tunnel_port}/"),
-        &format!("0.0.0.0:{tunnel_port}/"),
-    ));
+    let everywhere = server_url
+        .replace(
+            &format!("127.0.0.1:{tunnel_port}/"),
+            &format!("0.0.0.0:{tunnel_port}/"),
+        )
+        .replace(
+            &format!("/127.0.0.1:{entrance}"),
+            &format!("/0.0.0.0:{entrance}"),
+        );
+    assert_eq!(everywhere.matches("0.0.0.0").count(), 2, "{everywhere}");
+    plan.server_url = Some(everywhere);
     let tunnel = plan.start().await;
 
     let mut user = TcpStream::connect(tunnel.entrance).await.expect("connect");
@@ -75,7 +85,6 @@ async fn loopback_sockets_of_a_tunnel_do_not_pace() {
     .expect("echo");
     assert_eq!(&echoed, b"hello");
 
-    let entrance = tunnel.entrance.port();
     let checks: [(&str, u16, bool); 4] = [
         ("server's pool links", tunnel_port, true),
         ("client's pool links", tunnel_port, false),

@@ -78,6 +78,7 @@ pub async fn serve_tcp(
     // Accepted sockets inherit TCP_NODELAY from their listener (Linux): one
     // setsockopt here instead of one per connection.
     let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
+    let tune = tunes_accepted(&listener);
     // Single-end sessions may be spread over a second thread under load.
     let spill = matches!(opener, Opener::Direct).then(Spill::new);
     let mut backoff = Duration::from_millis(10);
@@ -90,14 +91,14 @@ pub async fn serve_tcp(
             Ok((user, peer)) => {
                 backoff = Duration::from_millis(10);
                 let (ctx2, opener2) = (ctx.clone(), opener.clone());
-                ctx.spawn_session(handle(user, peer, ctx2, opener2));
+                ctx.spawn_session(handle(user, peer, tune, ctx2, opener2));
                 // One queued connection at most, as the second acceptor
                 // takes, so neither thread takes more than its share.
                 if let Some(spill) = &spill
                     && let Some((user, peer)) = queued(&listener)
                 {
                     spill.queued(&listener, &ctx, &stop);
-                    ctx.spawn_session(handle(user, peer, ctx.clone(), Opener::Direct));
+                    ctx.spawn_session(handle(user, peer, tune, ctx.clone(), Opener::Direct));
                 }
             }
             Err(e) => {
@@ -140,12 +141,32 @@ pub fn serve_adopted(ctx: &Arc<Ctx>, opener: Opener, stop: &CancellationToken) {
                 },
             };
             let (ctx2, opener) = (ctx.clone(), opener.clone());
-            ctx.spawn_session(handle(user, peer, ctx2, opener));
+            // The master's listener is unknown here; a user from elsewhere costs nothing.
+            ctx.spawn_session(handle(user, peer, true, ctx2, opener));
         }
     });
 }
 
-pub(super) async fn handle(mut user: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, opener: Opener) {
+/// Whether connections accepted from `listener` may need
+/// [`proto::congestion::tune_loopback`]: those of a listener bound to
+/// loopback inherit its choice, those of one on all interfaces do not.
+pub(super) fn tunes_accepted(listener: &TcpListener) -> bool {
+    listener
+        .local_addr()
+        .is_ok_and(|a| !a.ip().to_canonical().is_loopback())
+}
+
+/// Serves one accepted user; `tune`: see [`tunes_accepted`].
+pub(super) async fn handle(
+    mut user: TcpStream,
+    peer: SocketAddr,
+    tune: bool,
+    ctx: Arc<Ctx>,
+    opener: Opener,
+) {
+    if tune {
+        proto::congestion::tune_loopback(&user, peer.ip());
+    }
     let Some(_slot) = ctx.slots.try_acquire() else {
         tracing::warn!(%peer, limit = ctx.spec.params.slot, "slot limit reached; connection refused");
         return;

@@ -135,6 +135,7 @@ impl Spill {
             self.running.store(false, Relaxed);
             return;
         };
+        let tune = entrance::tunes_accepted(&listener);
         let mine = TaskTracker::new();
         let mut tick = tokio::time::interval(RETIRE_AFTER / 4);
         loop {
@@ -153,7 +154,7 @@ impl Spill {
                             self.mark_queued();
                         }
                         for (user, peer) in std::iter::once(first).chain(next) {
-                            let session = entrance::handle(user, peer, ctx.clone(), Opener::Direct);
+                            let session = entrance::handle(user, peer, tune, ctx.clone(), Opener::Direct);
                             ctx.spawn_session(mine.track_future(session));
                         }
                     }
