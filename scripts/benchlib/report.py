@@ -75,7 +75,7 @@ def evaluate(results: dict) -> list[dict]:
             if x is None or d is None:
                 add(f"TCP {label}, {SHAPE_LABEL[shape]} ≥ {need:.0%} of direct", "not measured", None)
                 continue
-            add(f"TCP {label}, {SHAPE_LABEL[shape]} ≥ {need:.0%} of direct", f"{x:.2f} Gbit/s = {x / d:.0%} of {d:.2f}", x / d >= need)
+            add(f"TCP {label}, {SHAPE_LABEL[shape]} ≥ {need:.0%} of direct", f"{x:.2f} Gbit/s = {x / d:.1%} of {d:.2f}", x / d >= need)
             bp, bv = best_peer(agg, peers, metric, True)
             if bp is None:
                 add(f"TCP {label}, {SHAPE_LABEL[shape]} ahead of every peer", "no peer measured", None)
