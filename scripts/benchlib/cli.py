@@ -194,7 +194,7 @@ def machine(bins: dict) -> dict:
 
 
 def cipher_speed() -> dict | None:
-    """Bytes/s of AES-128-GCM (the suite tls=1 links negotiate first) on one
+    """Bytes/s of AES-128-GCM (the cipher suite tls=1 links prefer) on one
     core, each way, by `openssl speed` on 16 KiB blocks (TLS records): what a
     tls=1 tunnel cannot spend less CPU on. Measured after the run, so it does
     not load the machine during it; None without openssl."""

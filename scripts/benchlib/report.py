@@ -594,7 +594,7 @@ scripts/bench                   # full run, ≤ 25 minutes on 2 cores, report he
   wake-up of an idle CPU costs a halt exit on a VM without a cpuidle driver (this one), and that
   cost, not the forwarder's work, dominates the added latency. On one CPU nobody waits for a
   CPU to wake, so the difference to `direct` is what the forwarder itself adds (its syscalls and
-  two context switches). A diagnostic next to the target, which is judged on the ordinary run.
+  context switches). A diagnostic next to the target, which is judged on the ordinary run.
 - **Drover shapes** (`drover-worker` processes started directly, default parameters):
   single-end `client://127.0.0.1:L/127.0.0.1:T?mode=1`; reverse `server://127.0.0.1:A/127.0.0.1:L?mode=1`
   + `client://127.0.0.1:A/127.0.0.1:T?mode=2`; forward `server://127.0.0.1:A/127.0.0.1:T?mode=2`
