@@ -29,7 +29,7 @@ def parse_args(argv):
     p.add_argument("--install-peers", action="store_true", help="install socat, haproxy, nginx (+stream), iperf3 via apt and rathole via cargo; then exit")
     p.add_argument("--only", default="", help="comma-separated forwarders to measure (direct is always added)")
     p.add_argument("--skip", default="", help="comma-separated forwarders to leave out")
-    p.add_argument("--reps", type=int, help="repetitions of the data plane (default 3, quick 1)")
+    p.add_argument("--reps", type=int, help="repetitions of the data plane (default 5, quick 1)")
     p.add_argument("--tcp-seconds", type=int, help="seconds per iperf3 TCP test (default 4, quick 1)")
     p.add_argument("--udp-rate", help="UDP offered rate for iperf3 -b (default 500M)")
     p.add_argument("--no-dataplane", action="store_true", help="skip the data-plane tests")

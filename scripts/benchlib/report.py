@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import procs
+from . import dataplane, procs
 
 SHAPES = ["drover-single", "drover-reverse", "drover-reverse-tls", "drover-forward", "drover-forward-tls"]
 SHAPE_LABEL = {
@@ -497,7 +497,7 @@ def render(results: dict) -> str:
         L += [
             "> **Quick run** (`--quick`): one repetition, 1-second tests, smaller control-plane samples. "
             "A smoke test of the suite, not a measurement to quote; the full run takes the median of "
-            f"{3} repetitions.",
+            f"{dataplane.FULL.reps} repetitions.",
             "",
         ]
     mach = results["machine"]
