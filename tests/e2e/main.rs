@@ -32,6 +32,7 @@ mod tunnel_auth;
 mod tunnel_congestion;
 mod tunnel_memory;
 mod tunnel_params;
+mod tunnel_polling;
 mod tunnel_resilience;
 mod tunnel_reuse;
 mod tunnel_stats;

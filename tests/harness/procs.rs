@@ -1,5 +1,5 @@
 //! What `/proc` says about a process: alive, argv, environment, parent,
-//! children, anonymous memory, and whether a loopback port is free again.
+//! children, CPU time, anonymous memory, and whether a loopback port is free again.
 //!
 //! A zombie counts as gone: it holds no sockets and runs no code, and an
 //! orphan's zombie may linger when PID 1 does not reap (as in containers).
@@ -21,6 +21,13 @@ pub fn proc_alive(pid: u32) -> bool {
 /// The parent pid of `pid`.
 pub fn proc_ppid(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// CPU time `pid` has used (user + system), in clock ticks (1/100 s on Linux).
+pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    // utime and stime are stat fields 14 and 15; `f` starts at field 3.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// Resident anonymous memory of `pid` in KiB (`RssAnon`: the heap and

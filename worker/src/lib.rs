@@ -7,6 +7,7 @@
 pub mod heap;
 pub mod logging;
 pub mod spare;
+pub mod spin;
 pub mod standalone;
 pub mod stats;
 pub mod supervised;

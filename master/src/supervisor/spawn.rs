@@ -196,6 +196,8 @@ fn start(
         .arg("--control-fd")
         .arg("3")
         .env_clear()
+        // The one setting a worker takes from the environment (`worker::spin`).
+        .envs(std::env::var_os("DROVER_SPIN_US").map(|v| ("DROVER_SPIN_US", v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

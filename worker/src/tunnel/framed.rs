@@ -218,6 +218,9 @@ where
         dst.flush().await?;
         count.fetch_add(n as u64, Relaxed);
         act.touch();
+        if n < relay::SMALL_BUF {
+            crate::spin::short_message();
+        }
         if !may_raw && n >= room && room < relay::COPY_BUF - 4 {
             room = relay::COPY_BUF - 4;
             buf = Vec::with_capacity(4 + room);
@@ -299,7 +302,12 @@ where
                     raw_to_end(src, dst, count, act).await?;
                     return Ok(End::Raw);
                 }
-                n if n <= MAX_FRAME => frame_left = n as usize,
+                n if n <= MAX_FRAME => {
+                    frame_left = n as usize;
+                    if frame_left < relay::SMALL_BUF {
+                        crate::spin::short_message();
+                    }
+                }
                 n => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,

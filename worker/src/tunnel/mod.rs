@@ -212,11 +212,13 @@ impl Engine {
             seq: AtomicU32::new(1),
         });
         let trimmer = tokio::spawn(crate::heap::trim_when_quiet(ctx.stats.clone()));
+        let spinner = tokio::spawn(crate::spin::poller().run());
         let res = match ctx.spec.role {
             Role::Server => server::run(ctx.clone(), stop.clone()).await,
             Role::Client => client::run(ctx.clone(), stop.clone()).await,
         };
         trimmer.abort();
+        spinner.abort();
         // Whatever ended the role, the listeners' tasks go with `stop`.
         stop.cancel();
         ctx.sessions.close();

@@ -150,7 +150,9 @@ async fn plain_half(
         dst.write_all(&buf).await?;
         count.fetch_add(n as u64, Relaxed);
         act.touch();
-        if n >= SMALL_BUF {
+        if n < SMALL_BUF {
+            crate::spin::short_message();
+        } else {
             drop(buf);
             return splice_half(src.as_ref(), dst.as_ref(), &Pipe::new()?, count, act).await;
         }
@@ -308,6 +310,9 @@ where
         w.flush().await?;
         count.fetch_add(n as u64, Relaxed);
         act.touch();
+        if n < SMALL_BUF {
+            crate::spin::short_message();
+        }
     }
 }
 
