@@ -4,18 +4,20 @@
 //! a VM whose idle vCPUs halt (no cpuidle driver: waking a halted CPU is an
 //! IPI and a halt exit) that is most of what a relay adds to a round trip:
 //! a single-end worker +24 µs, a tunnel +50 µs, against +10 and +30 with
-//! every process on one CPU. So once a relay moves a short message within
-//! the window of the previous one, the runtime keeps polling its sockets
-//! (`epoll_wait` with a zero timeout, a `sched_yield` before each so that
-//! anything else runnable on this CPU goes first) until nothing has moved
-//! for the window.
+//! every process on one CPU. So once a short message (or a new connection)
+//! comes within the window of the previous one, the runtime keeps polling
+//! its sockets (`epoll_wait` with a zero timeout, a `sched_yield` before
+//! each so that anything else runnable on this CPU goes first) until
+//! nothing has moved for the window.
 //!
 //! What that costs is bounded: a message after a longer gap (a quiet or
 //! slow-paced tunnel, typing, anything paced by a real network) starts no
 //! polling; bulk transfers never start it (relays report only reads shorter
 //! than their small buffer, `splice` reports nothing); a polling run ends
-//! one window after the last message. `DROVER_SPIN_US` sets the window of
-//! a standalone worker (0 turns polling off).
+//! one window after the last message; and when a `sched_yield` shows that
+//! other work wants this CPU, polling pauses for 5 ms. `DROVER_SPIN_US`
+//! sets the window (0 turns polling off; the master hands its own value to
+//! its workers).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -25,6 +27,10 @@ use tokio::sync::Notify;
 
 /// Microseconds the worker polls after the last short message.
 const WINDOW_US: u64 = 50;
+/// A `sched_yield` that returns after longer than this (µs) ran other work.
+const CONTENDED_US: u64 = 100;
+/// How long polling pauses once it found the CPU contended (µs).
+const PAUSE_US: u64 = 5_000;
 
 /// When short messages moved and whether the poller runs.
 pub struct Poller {
@@ -33,6 +39,8 @@ pub struct Poller {
     /// Microseconds since `epoch` (+1) of the last short message; 0 = none.
     last_us: AtomicU64,
     polling: AtomicBool,
+    /// No polling before this (µs since `epoch`): the CPU was contended.
+    calm_from_us: AtomicU64,
     start: Notify,
 }
 
@@ -43,6 +51,7 @@ impl Poller {
             window_us,
             last_us: AtomicU64::new(0),
             polling: AtomicBool::new(false),
+            calm_from_us: AtomicU64::new(0),
             start: Notify::new(),
         }
     }
@@ -53,17 +62,18 @@ impl Poller {
     }
 
     /// A relay moved a short message.
-    pub fn short_message(&self) {
-        self.short_message_at(self.now_us());
+    pub fn message(&self) {
+        self.message_at(self.now_us());
     }
 
     /// Starts polling if the previous short message came within the window
     /// (and polling is on); returns whether this call started it.
-    fn short_message_at(&self, now: u64) -> bool {
+    fn message_at(&self, now: u64) -> bool {
         let prev = self.last_us.swap(now, Relaxed);
         let start = self.window_us > 0
             && prev != 0
             && now.saturating_sub(prev) <= self.window_us
+            && now >= self.calm_from_us.load(Relaxed)
             && !self.polling.swap(true, Relaxed);
         if start {
             self.start.notify_one();
@@ -76,6 +86,18 @@ impl Poller {
         now.saturating_sub(self.last_us.load(Relaxed)) <= self.window_us
     }
 
+    /// Whether a `sched_yield` from `before` to `now` let another task run
+    /// for long: then this CPU has other work, which polling would delay
+    /// (and a polling worker, never asleep, loses the head start the
+    /// scheduler gives a task it wakes), so polling pauses for a while.
+    fn yielded_for(&self, before: u64, now: u64) -> bool {
+        let contended = now.saturating_sub(before) > CONTENDED_US;
+        if contended {
+            self.calm_from_us.store(now + PAUSE_US, Relaxed);
+        }
+        contended
+    }
+
     /// The poller: a task on the worker's runtime, asleep until a short
     /// message follows another within the window.
     pub async fn run(&self) {
@@ -85,7 +107,11 @@ impl Poller {
         loop {
             self.start.notified().await;
             while self.keeps_polling_at(self.now_us()) {
+                let before = self.now_us();
                 std::thread::yield_now();
+                if self.yielded_for(before, self.now_us()) {
+                    break;
+                }
                 // To the back of the queue: the runtime polls its I/O driver
                 // with a zero timeout before running this task again.
                 tokio::task::yield_now().await;
@@ -108,8 +134,8 @@ pub fn poller() -> &'static Poller {
 }
 
 /// A relay moved a short message (see the module docs).
-pub fn short_message() {
-    poller().short_message();
+pub fn message() {
+    poller().message();
 }
 
 #[cfg(test)]
@@ -120,27 +146,39 @@ mod tests {
     #[test]
     fn only_a_message_within_the_window_of_the_last_starts_polling() {
         let p = Poller::new(50);
-        assert!(!p.short_message_at(1_000), "the first message");
-        assert!(!p.short_message_at(1_051), "51 µs after the last");
-        assert!(p.short_message_at(1_100), "49 µs after the last");
-        assert!(!p.short_message_at(1_120), "already polling");
+        assert!(!p.message_at(1_000), "the first message");
+        assert!(!p.message_at(1_051), "51 µs after the last");
+        assert!(p.message_at(1_100), "49 µs after the last");
+        assert!(!p.message_at(1_120), "already polling");
         assert!(p.keeps_polling_at(1_170));
         assert!(!p.keeps_polling_at(1_171));
     }
 
     #[test]
+    fn a_contended_cpu_pauses_polling() {
+        let p = Poller::new(50);
+        assert!(!p.yielded_for(1_000, 1_000 + CONTENDED_US), "a short yield");
+        assert!(p.yielded_for(1_000, 1_001 + CONTENDED_US), "a long yield");
+        p.polling.store(false, Relaxed);
+        let calm = 1_001 + CONTENDED_US + PAUSE_US;
+        p.message_at(calm - 20);
+        assert!(!p.message_at(calm - 10), "while paused");
+        assert!(p.message_at(calm), "once the pause is over");
+    }
+
+    #[test]
     fn a_zero_window_never_polls() {
         let p = Poller::new(0);
-        assert!(!p.short_message_at(10));
-        assert!(!p.short_message_at(10));
+        assert!(!p.message_at(10));
+        assert!(!p.message_at(10));
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn polling_stops_one_window_after_the_last_message() {
         let p: &'static Poller = Box::leak(Box::new(Poller::new(2_000)));
         let task = tokio::spawn(p.run());
-        p.short_message();
-        p.short_message();
+        p.message();
+        p.message();
         assert!(p.polling.load(Relaxed));
         // Deadline only against a hang: the run ends 2 ms after the message.
         tokio::time::timeout(Duration::from_secs(10), async {

@@ -90,6 +90,7 @@ pub async fn serve_tcp(
         match accepted {
             Ok((user, peer)) => {
                 backoff = Duration::from_millis(10);
+                crate::spin::message();
                 let (ctx2, opener2) = (ctx.clone(), opener.clone());
                 ctx.spawn_session(handle(user, peer, tune, ctx2, opener2));
                 // One queued connection at most, as the second acceptor

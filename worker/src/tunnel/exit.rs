@@ -79,7 +79,10 @@ pub fn serve_link(
             let idle = waiting.count.fetch_sub(1, Relaxed) - 1;
             ctx.stats.pool.store(idle, Relaxed);
             let header = match header {
-                Ok(h) => h,
+                Ok(h) => {
+                    crate::spin::message();
+                    h
+                }
                 Err(e) => {
                     tracing::debug!(cause = %e, "idle pool link closed");
                     break;

@@ -219,7 +219,7 @@ where
         count.fetch_add(n as u64, Relaxed);
         act.touch();
         if n < relay::SMALL_BUF {
-            crate::spin::short_message();
+            crate::spin::message();
         }
         if !may_raw && n >= room && room < relay::COPY_BUF - 4 {
             room = relay::COPY_BUF - 4;
@@ -305,7 +305,7 @@ where
                 n if n <= MAX_FRAME => {
                     frame_left = n as usize;
                     if frame_left < relay::SMALL_BUF {
-                        crate::spin::short_message();
+                        crate::spin::message();
                     }
                 }
                 n => {

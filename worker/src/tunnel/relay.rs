@@ -151,7 +151,7 @@ async fn plain_half(
         count.fetch_add(n as u64, Relaxed);
         act.touch();
         if n < SMALL_BUF {
-            crate::spin::short_message();
+            crate::spin::message();
         } else {
             drop(buf);
             return splice_half(src.as_ref(), dst.as_ref(), &Pipe::new()?, count, act).await;
@@ -311,7 +311,7 @@ where
         count.fetch_add(n as u64, Relaxed);
         act.touch();
         if n < SMALL_BUF {
-            crate::spin::short_message();
+            crate::spin::message();
         }
     }
 }
