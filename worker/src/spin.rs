@@ -32,11 +32,11 @@ const CONTENDED_US: u64 = 100;
 /// How long polling pauses once it found the CPU contended (µs).
 const PAUSE_US: u64 = 5_000;
 
-/// When short messages moved and whether the poller runs.
+/// When messages moved and whether the poller runs.
 pub struct Poller {
     epoch: Instant,
     window_us: u64,
-    /// Microseconds since `epoch` (+1) of the last short message; 0 = none.
+    /// Microseconds since `epoch` (+1) of the last message; 0 = none yet.
     last_us: AtomicU64,
     polling: AtomicBool,
     /// No polling before this (µs since `epoch`): the CPU was contended.
@@ -61,13 +61,13 @@ impl Poller {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
 
-    /// A relay moved a short message.
+    /// A short message moved, or a connection opened.
     pub fn message(&self) {
         self.message_at(self.now_us());
     }
 
-    /// Starts polling if the previous short message came within the window
-    /// (and polling is on); returns whether this call started it.
+    /// Starts polling if the previous message came within the window (and
+    /// polling is on, and not paused); returns whether this call started it.
     fn message_at(&self, now: u64) -> bool {
         let prev = self.last_us.swap(now, Relaxed);
         let start = self.window_us > 0
@@ -133,7 +133,7 @@ pub fn poller() -> &'static Poller {
     })
 }
 
-/// A relay moved a short message (see the module docs).
+/// A short message moved, or a connection opened (see the module docs).
 pub fn message() {
     poller().message();
 }
