@@ -456,3 +456,28 @@ async fn patch_restart_gives_a_new_worker_that_serves() {
     assert!(proc_alive(new_pid));
     assert_echo(entrance, b"after the restart").await;
 }
+
+/// A worker's environment is empty but for the polling window the master
+/// hands on (`DROVER_SPIN_US`): nothing else of the master's environment
+/// (here `DROVER_E2E_CANARY`) reaches it, and the worker still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_get_only_the_polling_window_from_the_masters_environment() {
+    let master = Master::start_with_env(
+        drover_e2e::master::DEFAULT_URL,
+        &[("DROVER_SPIN_US", "0"), ("DROVER_E2E_CANARY", "leaked")],
+    )
+    .await;
+    let echo = EchoServer::start().await;
+    let entrance = free_addr();
+    let created = master
+        .api()
+        .create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
+        .await;
+    let pid = ready_pid(&master.api(), &id_of(&created)).await;
+    assert_eq!(
+        proc_environ(pid).expect("environ"),
+        ["DROVER_SPIN_US=0"],
+        "environment of worker {pid}"
+    );
+    assert_echo(entrance, b"no polling, still a relay").await;
+}

@@ -80,6 +80,8 @@ pub struct Master {
     worker: PathBuf,
     /// The uid/gid it runs as, when not ours.
     cred: Option<(u32, u32)>,
+    /// Environment variables set for it besides the harness's own.
+    env: Vec<(String, String)>,
     key: Mutex<String>,
     dir: Arc<TempDir>,
     proc: Reaped,
@@ -100,13 +102,13 @@ impl Master {
             .prefix("drover-e2e-master-")
             .tempdir()
             .expect("temporary data dir");
-        Self::launch(url, Arc::new(dir), None, worker_bin(), None).await
+        Self::launch(url, Arc::new(dir), None, worker_bin(), None, Vec::new()).await
     }
 
     /// A master on `url` whose data dir is `dir` (e.g. with a tmpfs mounted
     /// on it).
     pub async fn start_in(url: &str, dir: TempDir) -> Master {
-        Self::launch(url, Arc::new(dir), None, worker_bin(), None).await
+        Self::launch(url, Arc::new(dir), None, worker_bin(), None, Vec::new()).await
     }
 
     /// A master on `url` running as `uid`/`gid` (the test must be root to
@@ -118,7 +120,15 @@ impl Master {
             .expect("temporary data dir");
         nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into()))
             .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", dir.path().display()));
-        Self::launch(url, Arc::new(dir), None, worker_bin(), Some((uid, gid))).await
+        Self::launch(
+            url,
+            Arc::new(dir),
+            None,
+            worker_bin(),
+            Some((uid, gid)),
+            Vec::new(),
+        )
+        .await
     }
 
     /// A master on `url` with a fresh data dir that runs `worker` as its
@@ -128,7 +138,29 @@ impl Master {
             .prefix("drover-e2e-master-")
             .tempdir()
             .expect("temporary data dir");
-        Self::launch(url, Arc::new(dir), None, worker.to_path_buf(), None).await
+        Self::launch(
+            url,
+            Arc::new(dir),
+            None,
+            worker.to_path_buf(),
+            None,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// A master on `url` with a fresh data dir and `env` set besides the
+    /// harness's own variables.
+    pub async fn start_with_env(url: &str, env: &[(&str, &str)]) -> Master {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-e2e-master-")
+            .tempdir()
+            .expect("temporary data dir");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(url, Arc::new(dir), None, worker_bin(), None, env).await
     }
 
     /// A new master on the same data dir and URL as `previous`, which must have
@@ -145,6 +177,7 @@ impl Master {
             Some(previous.key()),
             previous.worker.clone(),
             previous.cred,
+            previous.env.clone(),
         )
         .await
     }
@@ -155,6 +188,7 @@ impl Master {
         known_key: Option<String>,
         worker: PathBuf,
         cred: Option<(u32, u32)>,
+        env: Vec<(String, String)>,
     ) -> Master {
         let bin = master_bin();
         let mut cmd = Command::new(&bin);
@@ -169,6 +203,8 @@ impl Master {
             .env_remove("STATE_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("DROVER_BIN")
+            .env_remove("DROVER_SPIN_US")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -191,6 +227,7 @@ impl Master {
             url: url.to_string(),
             worker,
             cred,
+            env,
             key: Mutex::new(known_key.clone().unwrap_or_default()),
             dir,
             proc: Reaped::new(child),
