@@ -106,6 +106,8 @@ impl Poller {
         }
         loop {
             self.start.notified().await;
+            // Cleared when the run ends, also when the task is aborted in it.
+            let _run = Run(&self.polling);
             while self.keeps_polling_at(self.now_us()) {
                 let before = self.now_us();
                 std::thread::yield_now();
@@ -116,8 +118,16 @@ impl Poller {
                 // with a zero timeout before running this task again.
                 tokio::task::yield_now().await;
             }
-            self.polling.store(false, Relaxed);
         }
+    }
+}
+
+/// A polling run: clears the flag when dropped.
+struct Run<'a>(&'a AtomicBool);
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
     }
 }
 
@@ -171,6 +181,20 @@ mod tests {
         let p = Poller::new(0);
         assert!(!p.message_at(10));
         assert!(!p.message_at(10));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_aborted_poller_leaves_polling_off() {
+        let p: &'static Poller = Box::leak(Box::new(Poller::new(10_000_000)));
+        let task = tokio::spawn(p.run());
+        p.message();
+        p.message();
+        // Let the run begin (it polls for 10 s), then abort it inside.
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        assert!(!p.polling.load(Relaxed), "a new engine could never poll");
     }
 
     #[tokio::test(flavor = "current_thread")]
