@@ -49,7 +49,11 @@ struct Forwarder {
 }
 
 async fn forwarder() -> Forwarder {
-    let master = Master::start().await;
+    forwarder_on(Master::start().await).await
+}
+
+/// [`forwarder`] on a master started by the caller.
+async fn forwarder_on(master: Master) -> Forwarder {
     let echo = EchoServer::start().await;
     let entrance = free_addr();
     let created = master
@@ -467,17 +471,12 @@ async fn workers_get_only_the_polling_window_from_the_masters_environment() {
         &[("DROVER_SPIN_US", "0"), ("DROVER_E2E_CANARY", "leaked")],
     )
     .await;
-    let echo = EchoServer::start().await;
-    let entrance = free_addr();
-    let created = master
-        .api()
-        .create_url(&format!("client://{entrance}/{}?mode=1", echo.addr))
-        .await;
-    let pid = ready_pid(&master.api(), &id_of(&created)).await;
+    let f = forwarder_on(master).await;
     assert_eq!(
-        proc_environ(pid).expect("environ"),
+        proc_environ(f.pid).expect("environ"),
         ["DROVER_SPIN_US=0"],
-        "environment of worker {pid}"
+        "environment of worker {}",
+        f.pid
     );
-    assert_echo(entrance, b"no polling, still a relay").await;
+    assert_echo(f.entrance, b"no polling, still a relay").await;
 }

@@ -62,6 +62,14 @@ pub fn master_bin() -> PathBuf {
     bin
 }
 
+/// A new, empty data dir for a master (removed when dropped).
+fn fresh_data_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("drover-e2e-master-")
+        .tempdir()
+        .expect("temporary data dir")
+}
+
 #[derive(Default)]
 pub(crate) struct Log {
     pub(crate) lines: Vec<String>,
@@ -98,10 +106,7 @@ impl Master {
 
     /// A master on `url` (e.g. `master://127.0.0.1:0/admin`) with a fresh data dir.
     pub async fn start_url(url: &str) -> Master {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-e2e-master-")
-            .tempdir()
-            .expect("temporary data dir");
+        let dir = fresh_data_dir();
         Self::launch(url, Arc::new(dir), None, worker_bin(), None, Vec::new()).await
     }
 
@@ -114,10 +119,7 @@ impl Master {
     /// A master on `url` running as `uid`/`gid` (the test must be root to
     /// switch), with a fresh data dir that user owns.
     pub async fn start_as(url: &str, uid: u32, gid: u32) -> Master {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-e2e-master-")
-            .tempdir()
-            .expect("temporary data dir");
+        let dir = fresh_data_dir();
         nix::unistd::chown(dir.path(), Some(uid.into()), Some(gid.into()))
             .unwrap_or_else(|e| panic!("chown {} to {uid}:{gid}: {e}", dir.path().display()));
         Self::launch(
@@ -134,10 +136,7 @@ impl Master {
     /// A master on `url` with a fresh data dir that runs `worker` as its
     /// worker binary (e.g. [`crate::evil::evil_worker_bin`]).
     pub async fn start_with_worker(url: &str, worker: &Path) -> Master {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-e2e-master-")
-            .tempdir()
-            .expect("temporary data dir");
+        let dir = fresh_data_dir();
         Self::launch(
             url,
             Arc::new(dir),
@@ -152,10 +151,7 @@ impl Master {
     /// A master on `url` with a fresh data dir and `env` set besides the
     /// harness's own variables.
     pub async fn start_with_env(url: &str, env: &[(&str, &str)]) -> Master {
-        let dir = tempfile::Builder::new()
-            .prefix("drover-e2e-master-")
-            .tempdir()
-            .expect("temporary data dir");
+        let dir = fresh_data_dir();
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
