@@ -470,7 +470,7 @@ def control_table(results: dict) -> list[str]:
 
 def cipher_floor(results: dict) -> float | None:
     """CPU s per GB a tls=1 tunnel spends on AES-GCM alone (one encryption
-    and one decryption per byte) at the speed `openssl` measured."""
+    and one decryption per byte) at the speed measured after the run."""
     c = results.get("machine", {}).get("cipher")
     if not c or not c.get("encrypt") or not c.get("decrypt"):
         return None
@@ -491,8 +491,9 @@ def machine_lines(results: dict) -> list[str]:
     floor = cipher_floor(results)
     if floor is not None:
         c = m["cipher"]
+        by = "`drover-bench cipher`: ring, as in drover-worker" if c.get("by") == "ring" else "`openssl speed`"
         out.append(
-            f"- AES-128-GCM on one core (`openssl speed`, 16 KiB): encrypt {c['encrypt'] / 1e9:.2f} GB/s, "
+            f"- AES-128-GCM on one core ({by}, 16 KiB records): encrypt {c['encrypt'] / 1e9:.2f} GB/s, "
             f"decrypt {c['decrypt'] / 1e9:.2f} GB/s: a tls=1 tunnel encrypts and decrypts every byte, so its "
             f"cipher alone costs {floor:.2f} CPU s per GB on this CPU"
         )
@@ -640,8 +641,11 @@ scripts/bench                   # full run, ≤ 25 minutes on 2 cores, report he
   forwarder's throughput is bounded by the CPU it leaves to iperf3: CPU per GB is the better
   efficiency figure. Compare ratios within one run; absolute numbers move between runs on a
   shared VM.
-- **Cipher floor.** After the run, `openssl speed` times AES-128-GCM (what tls=1 links negotiate
-  first) on 16 KiB blocks, each way, on one core. A tls=1 tunnel encrypts every byte in one worker
+- **Cipher floor.** After the run, `drover-bench cipher` times AES-128-GCM (what tls=1 links
+  negotiate first) sealing and opening 16 KiB records in place, each way, on one core, with the
+  `ring` code that rustls runs in drover-worker. A tls=1 tunnel encrypts every byte in one worker
   and decrypts it in the other, so 1/encrypt + 1/decrypt is CPU per GB it cannot go below with
-  this CPU, in user space or in the kernel; the tls=1 CPU targets show it beside the figure.
+  this CPU and this library; the tls=1 CPU targets show it beside the figure. (Runs before
+  2026-11-27 07:00 used `openssl speed`, whose AES-GCM here is less than half as fast as ring's
+  VAES code: their floor of 0.5–0.8 s/GB overstated it.)
 """
