@@ -212,7 +212,12 @@ mod tests {
         })
         .await
         .expect("polling never stopped");
-        assert!(!p.keeps_polling_at(p.now_us()));
+        // Over one window after the message, or paused early because a
+        // `sched_yield` found this CPU busy (parallel tests on a loaded host).
+        assert!(
+            !p.keeps_polling_at(p.now_us()) || p.calm_from_us.load(Relaxed) > 0,
+            "the run ended inside its window with no contention"
+        );
         task.abort();
     }
 }
