@@ -474,7 +474,6 @@ fn cipher(o: &Opts) -> Result<Value, String> {
     let mut records: Vec<Vec<u8>> = (0..RECORDS)
         .map(|i| (0..RECORD).map(|j| (i * 7 + j) as u8).collect())
         .collect();
-    let mut tags: Vec<Option<Tag>> = vec![None; RECORDS];
     let (mut sealed, mut opened) = (0u64, 0u64);
     let (mut seal_time, mut open_time) = (Duration::ZERO, Duration::ZERO);
     let half = Duration::from_secs_f64(secs / 2.0);
@@ -482,17 +481,16 @@ fn cipher(o: &Opts) -> Result<Value, String> {
     // Seal all, time it; open all, time it; until each side has its half.
     while seal_time < half || open_time < half {
         let t = Instant::now();
-        for (i, r) in records.iter_mut().enumerate() {
-            let tag = key
-                .seal_in_place_separate_tag(nonce(seq + i as u64), aad(), r)
-                .map_err(|_| "seal failed")?;
-            tags[i] = Some(tag);
-        }
+        let tags = records
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| key.seal_in_place_separate_tag(nonce(seq + i as u64), aad(), r))
+            .collect::<Result<Vec<Tag>, _>>()
+            .map_err(|_| "seal failed")?;
         seal_time += t.elapsed();
         sealed += (RECORDS * RECORD) as u64;
         let t = Instant::now();
-        for (i, r) in records.iter_mut().enumerate() {
-            let tag = tags[i].take().ok_or("no tag")?;
+        for ((i, r), tag) in records.iter_mut().enumerate().zip(tags) {
             key.open_in_place_separate_tag(nonce(seq + i as u64), aad(), tag, r, 0..)
                 .map_err(|_| "open failed: the cipher is broken")?;
         }

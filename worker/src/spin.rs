@@ -183,12 +183,19 @@ mod tests {
         assert!(!p.message_at(10));
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_aborted_poller_leaves_polling_off() {
-        let p: &'static Poller = Box::leak(Box::new(Poller::new(10_000_000)));
+    /// A poller with `window_us` on this runtime, its run started by two
+    /// messages back to back.
+    fn started(window_us: u64) -> (&'static Poller, tokio::task::JoinHandle<()>) {
+        let p: &'static Poller = Box::leak(Box::new(Poller::new(window_us)));
         let task = tokio::spawn(p.run());
         p.message();
         p.message();
+        (p, task)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_aborted_poller_leaves_polling_off() {
+        let (p, task) = started(10_000_000);
         // Let the run begin (it polls for 10 s), then abort it inside.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
@@ -199,10 +206,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn polling_stops_one_window_after_the_last_message() {
-        let p: &'static Poller = Box::leak(Box::new(Poller::new(2_000)));
-        let task = tokio::spawn(p.run());
-        p.message();
-        p.message();
+        let (p, task) = started(2_000);
         assert!(p.polling.load(Relaxed));
         // Deadline only against a hang: the run ends 2 ms after the message.
         tokio::time::timeout(Duration::from_secs(10), async {
